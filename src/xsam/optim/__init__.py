@@ -1,0 +1,7 @@
+"""SAM-family optimizers on one shared core."""
+
+from ._core import SAMFamily
+from .sam import SAM
+from .xsam import DEFAULT_ALPHA_GRID, XSAM, slerp_coefficients
+
+__all__ = ["SAM", "XSAM", "SAMFamily", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]

@@ -1,0 +1,304 @@
+"""XSAM: eXplicit Sharpness-Aware Minimization (Chen & Zhou, ICLR 2026)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ..policies import frozen_norm_stats
+from ._core import EPS, SAMFamily, _as_tensor, _check_number, _Update
+from ._vec import global_norm, global_sq_sums
+
+__all__ = ["XSAM", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]
+
+DEFAULT_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
+_PARALLEL = 1e-8  # sin ψ below this: v₀ ∥ v₁, use v₁
+
+
+def slerp_coefficients(alpha: float | Tensor, psi: float | Tensor) -> tuple[Any, Any]:
+    """``(a, b)`` with ``v(α) = a·v₀ + b·v₁``: ``a = sin((1−α)ψ)/sin ψ``, ``b = sin(αψ)/sin ψ``,
+    and ``(0, 1)`` (v₁) when ``sin ψ < 1e-8``. Works on floats and on tensors."""
+    if isinstance(psi, Tensor):
+        s = torch.sin(psi)
+        parallel = s < _PARALLEL
+        safe = torch.where(parallel, torch.ones_like(s), s)
+        a = torch.where(parallel, torch.zeros_like(s), torch.sin((1.0 - alpha) * psi) / safe)
+        b = torch.where(parallel, torch.ones_like(s), torch.sin(alpha * psi) / safe)
+        return a, b
+    s = math.sin(psi)
+    if s < _PARALLEL:
+        return 0.0, 1.0
+    return math.sin((1.0 - alpha) * psi) / s, math.sin(alpha * psi) / s
+
+
+class XSAM(SAMFamily):
+    r"""eXplicit Sharpness-Aware Minimization wrapping any torch optimizer.
+
+    One update on the batch ``B`` (``k = steps``; norms and dot products global over every
+    parameter with a gradient; ``ε = 1e-12``):
+
+    1. ascent: ``g₀ = ∇L(θ₀)``; ``θᵢ₊₁ = θᵢ + (ρ/k)·gᵢ/(‖gᵢ‖+ε)``; ``g_k = ∇L(θ_k)``;
+    2. ``v₀ = (θ_k−θ₀)/(‖θ_k−θ₀‖+ε)``, ``v₁ = g_k/(‖g_k‖+ε)``, ψ the angle between them;
+    3. ``v(α) = [sin((1−α)ψ)·v₀ + sin(αψ)·v₁]/sin ψ`` (``v₁`` when ``sin ψ < 1e-8``): the unit
+       vector at angle αψ from v₀ towards v₁ (α > 1 extrapolates past v₁);
+    4. with ``alpha="auto"``: ``α* = argmax_{α ∈ grid} L(θ₀ + ρ_max·v(α))`` on the same batch,
+       forward only, normalisation statistics untouched, ties to the smallest α; searched at the
+       first update and then every ``alpha_every`` updates (α* held in between, v₀, v₁, ψ
+       recomputed every update);
+    5. θ ← θ₀ exactly, gradient ``d = ‖g_k‖·v(α*)``, base optimizer step (momentum, weight
+       decay and schedules apply to d as to any gradient).
+
+    ``alpha=1`` is k-step SAM exactly (``d = g_k``, no extra work); ``rho=0`` is the base
+    optimizer alone, bit for bit. Cost per update: ``k + 1`` forward/backward passes plus
+    O(#params) vector work; per search: ``len(alpha_grid)`` forward passes. Memory: one
+    parameter-sized buffer (θ₀); a search briefly holds one more.
+
+    Args:
+        params: iterable of parameters or param-group dicts (groups may set ``rho``,
+            ``rho_max``, ``adaptive``, ``eta``).
+        base_optimizer: the optimizer *class* to wrap, e.g. ``torch.optim.SGD``.
+        rho: total ascent path length ρ (``>= 0``; the paper's CIFAR value 0.15).
+        steps: number of ascent steps ``k`` (``>= 1``).
+        alpha: ``"auto"`` (search) or a fixed real number (``1`` = SAM, ``0`` = g₀'s direction
+            with g_k's length).
+        rho_max: probe radius for the search (``> 0``); default ``2·rho`` per group.
+        alpha_grid: the α values searched (finite, non-empty; sorted and de-duplicated);
+            default ``0, 0.1, …, 2.0``. Only with ``alpha="auto"``.
+        alpha_every: updates between searches (``>= 1``), or ``None`` for "only the first update
+            and whenever :meth:`request_alpha_search` is called" (a trainer calls it at each
+            epoch start, as the paper does). Default 400 = one CIFAR epoch at batch 125, which
+            keeps the search cost near 1% of training whatever the data set.
+        adaptive, eta: ASAM geometry (see :class:`xsam.SAM`). XSAM then works entirely in ASAM's
+            coordinates ``θ̃ = θ/T``, ``T = |θ₀|+η``: v₀, v₁, ψ and the slerp are taken there,
+            probes sit at ``θ₀ + ρ_max·T·ṽ(α)`` (on ASAM's ellipsoid) and ``d = T⁻¹·‖T g_k‖·ṽ(α*)``,
+            so ``alpha=1`` is again k-step ASAM exactly. Needs ``eta > 0``.
+        model: the module being trained; when given, normalisation running statistics change
+            only in the clean pass (ascent points and α probes leave them untouched).
+        **base_kwargs: passed to ``base_optimizer``.
+
+    Example:
+        >>> opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.15, lr=0.05,
+        ...                 momentum=0.9, weight_decay=1e-3, model=model, alpha_every=len(loader))
+        >>> def closure():
+        ...     loss = F.cross_entropy(model(x), y)
+        ...     if torch.is_grad_enabled():   # lets α probes run forward-only
+        ...         loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)
+
+    Departures from the authors' code: ψ is computed as ``2·atan2(‖v₀−v₁‖, ‖v₀+v₁‖)``, the
+    well-conditioned form of the clamped arccos (equal in exact arithmetic; no NaN); one θ₀
+    buffer instead of three; the optimizer owns the ascent loop, statistics and α schedule.
+
+    References:
+        Chen, Zhou. Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
+        Implementation. ICLR 2026 (arXiv:2603.10048).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: type[Optimizer],
+        *,
+        rho: float = 0.15,
+        steps: int = 1,
+        alpha: float | str = "auto",
+        rho_max: float | None = None,
+        alpha_grid: Sequence[float] | None = None,
+        alpha_every: int | None = 400,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        model: nn.Module | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if isinstance(alpha, str):
+            if alpha != "auto":
+                raise ValueError(f"alpha must be 'auto' or a real number, got {alpha!r}")
+            self._auto = True
+            fixed = 1.0
+        else:
+            fixed = _check_number("alpha", alpha, low=-math.inf, strict=True)
+            self._auto = False
+        if alpha_grid is not None:
+            if not self._auto:
+                raise ValueError(f"alpha_grid is only used with alpha='auto', got alpha={alpha!r}")
+            try:
+                grid = [float(a) for a in alpha_grid]
+            except (TypeError, ValueError):
+                raise ValueError(f"alpha_grid must be a sequence of numbers, got {alpha_grid!r}") from None
+            if not grid or not all(math.isfinite(a) for a in grid):
+                raise ValueError(f"alpha_grid must be non-empty and finite, got {alpha_grid!r}")
+            self.alpha_grid = tuple(sorted(set(grid)))
+        else:
+            self.alpha_grid = DEFAULT_ALPHA_GRID
+        if alpha_every is not None and (
+            isinstance(alpha_every, bool) or not isinstance(alpha_every, int) or alpha_every < 1
+        ):
+            raise ValueError(f"alpha_every must be an integer >= 1 or None, got {alpha_every!r}")
+        if adaptive and isinstance(eta, (int, float)) and eta <= 0:
+            raise ValueError(
+                f"eta must be > 0 for XSAM with adaptive=True (d is mapped back by 1/(|θ|+η)), got {eta!r}"
+            )
+        self.alpha_every = alpha_every
+        self._alpha = fixed
+        self._searched = False
+        self._since_search = 0
+        self._search_requested = False
+        self._searched_now = False
+        self.last_probe_losses: list[float] | None = None
+        super().__init__(
+            params,
+            base_optimizer,
+            rho=rho,
+            steps=steps,
+            adaptive=adaptive,
+            eta=eta,
+            rho_max=rho_max,
+            model=model,
+            **base_kwargs,
+        )
+
+    # ------------------------------------------------------------------ α schedule
+    @property
+    def alpha(self) -> float:
+        """The α in use: the fixed value, or the last α* found by the search."""
+        return self._alpha
+
+    @property
+    def alpha_mode(self) -> str:
+        return "auto" if self._auto else "fixed"
+
+    def request_alpha_search(self) -> None:
+        """Search α at the next update (e.g. at the start of every epoch, as in the paper)."""
+        if self._auto:
+            self._search_requested = True
+
+    @property
+    def search_due(self) -> bool:
+        """Whether the next update will run the α search."""
+        if not self._auto:
+            return False
+        if not self._searched or self._search_requested:
+            return True
+        return self.alpha_every is not None and self._since_search >= self.alpha_every
+
+    def _needs_loss_fn(self) -> bool:
+        return self.search_due
+
+    def _on_update_done(self) -> None:
+        if self._searched_now:
+            self._searched_now = False
+            self._searched = True
+            self._search_requested = False
+            self._since_search = 1
+        else:
+            self._since_search += 1
+
+    def _state_extra(self) -> dict[str, Any]:
+        return {
+            "alpha": self._alpha,
+            "alpha_mode": self.alpha_mode,
+            "searched": self._searched,
+            "since_search": self._since_search,
+            "search_requested": self._search_requested,
+        }
+
+    def _load_extra(self, extra: dict[str, Any]) -> None:
+        if extra.get("alpha_mode") != self.alpha_mode:
+            raise ValueError(
+                f"state_dict has alpha_mode={extra.get('alpha_mode')!r}, this optimizer "
+                f"{self.alpha_mode!r}"
+            )
+        self._alpha = float(extra["alpha"])
+        self._searched = bool(extra["searched"])
+        self._since_search = int(extra["since_search"])
+        self._search_requested = bool(extra["search_requested"])
+
+    # ------------------------------------------------------------------ the descent
+    def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> None:
+        search = self.search_due
+        if not search and not self._auto and self._alpha == 1.0:
+            return  # k-step SAM: d = g_k exactly
+        P, T = u.params, u.scale  # notation follows the paper; P doubles as scratch space
+        torch._foreach_sub_(P, u.theta0)  # θ_k − θ₀
+        if T is not None:  # into ASAM coordinates: δ̃ = δ/T, g̃ = T·g
+            torch._foreach_div_(P, T)
+            torch._foreach_mul_(grads, T)
+        norms = global_sq_sums([P, grads], u.dtype, self._reduce).sqrt()
+        n0, n1 = norms[0], norms[1]
+        torch._foreach_mul_(P, (n0 + EPS).reciprocal())  # v₀
+        torch._foreach_mul_(grads, (n1 + EPS).reciprocal())  # v₁
+        # ψ = 2·atan2(‖v₀−v₁‖, ‖v₀+v₁‖): arccos(⟨v₀,v₁⟩) without its loss of precision near
+        # 0 and π, and without a dot-product kernel (P is turned into v₀∓v₁ and back).
+        torch._foreach_sub_(P, grads)
+        n_minus = global_norm(P, u.dtype, self._reduce)
+        torch._foreach_add_(P, grads, alpha=2.0)
+        n_plus = global_norm(P, u.dtype, self._reduce)
+        torch._foreach_sub_(P, grads)
+        psi = 2.0 * torch.atan2(n_minus, n_plus)
+        # both vectors zero (zero gradients): ψ = arccos(0) = π/2 as in the specification
+        psi = torch.where((n_minus == 0) & (n_plus == 0), torch.full_like(psi, math.pi / 2), psi)
+        if search:
+            self._alpha = self._search(u, grads, float(psi), loss_fn)
+        a, b = slerp_coefficients(self._alpha, psi)
+        torch._foreach_mul_(P, n1 * a)
+        torch._foreach_mul_(grads, n1 * b)
+        torch._foreach_add_(grads, P)  # d̃ = ‖g_k‖·v(α)
+        if T is not None:
+            torch._foreach_div_(grads, T)
+        self._last.update({"psi": psi, "alpha": self._alpha, "ascent_norm": n0})
+
+    @torch.no_grad()
+    def _search(
+        self, u: _Update, v1: list[Tensor], psi: float, loss_fn: Callable[[], Any] | None
+    ) -> float:
+        if loss_fn is None:
+            raise RuntimeError(
+                "XSAM: the alpha search is due but descent_direction()/descent_step() got no "
+                "loss_fn; pass a function that returns the loss on the same batch (forward only)"
+            )
+        P, T = u.params, u.scale
+        v0 = [t.clone() for t in P]  # P becomes the probe point
+        grads_aside = [p.grad for p in P]  # a closure probing with gradients must not touch v₁
+        losses = []
+        try:
+            with frozen_norm_stats(self.model):
+                for alpha in self.alpha_grid:
+                    a, b = slerp_coefficients(alpha, psi)
+                    torch._foreach_copy_(P, v0)
+                    torch._foreach_mul_(P, a)
+                    torch._foreach_add_(P, v1, alpha=b)
+                    if T is not None:
+                        torch._foreach_mul_(P, T)
+                    torch._foreach_mul_(P, u.rho_max)
+                    torch._foreach_add_(P, u.theta0)
+                    for p in P:
+                        p.grad = None
+                    losses.append(_as_tensor(loss_fn()).float().reshape(()))
+        finally:
+            for p, g in zip(P, grads_aside, strict=True):
+                p.grad = g
+            torch._foreach_copy_(P, v0)
+        values = torch.stack([t.to(losses[0].device) for t in losses])
+        if self._reduce_mean is not None:
+            values = self._reduce_mean(values)
+        values = torch.nan_to_num(values, nan=-math.inf)
+        self.last_probe_losses = values.tolist()
+        if not bool(torch.isfinite(values).any()) and not bool((values == math.inf).any()):
+            warnings.warn(
+                "XSAM: every alpha probe gave a non-finite loss; keeping alpha="
+                f"{self._alpha:g} and searching again at the next update",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return self._alpha
+        self._searched_now = True
+        return self.alpha_grid[int(torch.argmax(values))]  # first maximum = smallest α
+
+    _reduce_mean: Callable[[Tensor], Tensor] | None = None  # set by distributed policies
