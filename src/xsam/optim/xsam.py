@@ -93,7 +93,9 @@ class XSAM(SAMFamily):
         >>> loss = opt.step(closure)
 
     Departures from the authors' code: ψ is computed as ``2·atan2(‖v₀−v₁‖, ‖v₀+v₁‖)``, the
-    well-conditioned form of the clamped arccos (equal in exact arithmetic; no NaN); one θ₀
+    well-conditioned form of the clamped arccos (no NaN, full precision near 0 and π; it is the
+    true angle of the two directions, where the arccos of the ε-shrunk vectors is off by
+    O(ε/‖·‖), about 1e-11 relative); one θ₀
     buffer instead of three; the optimizer owns the ascent loop, statistics and α schedule.
 
     References:
@@ -280,12 +282,13 @@ class XSAM(SAMFamily):
                     torch._foreach_add_(P, u.theta0)
                     for p in P:
                         p.grad = None
-                    losses.append(_as_tensor(loss_fn()).float().reshape(()))
+                    losses.append(_as_tensor(loss_fn()).reshape(()))
         finally:
             for p, g in zip(P, grads_aside, strict=True):
                 p.grad = g
             torch._foreach_copy_(P, v0)
-        values = torch.stack([t.to(losses[0].device) for t in losses])
+        wide = torch.float64 if any(t.dtype == torch.float64 for t in losses) else torch.float32
+        values = torch.stack([t.to(losses[0].device, wide) for t in losses])
         if self._reduce_mean is not None:
             values = self._reduce_mean(values)
         values = torch.nan_to_num(values, nan=-math.inf)
