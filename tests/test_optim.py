@@ -39,7 +39,9 @@ def batch(seed: int = 1, n: int = 16, dtype=DT):
 def make_closure(model, x, y, counter: list | None = None, guard: bool = True):
     def closure():
         if counter is not None:
-            counter.append([None if p.grad is None else p.grad.abs().sum().item() for p in model.parameters()])
+            counter.append(
+                [None if p.grad is None else p.grad.abs().sum().item() for p in model.parameters()]
+            )
         loss = F.cross_entropy(model(x), y)
         if not guard or torch.is_grad_enabled():
             loss.backward()
@@ -122,7 +124,9 @@ def descent_grad(opt, closure, params, loss_fn=None):
 def test_alpha_one_is_k_step_sam_bitwise(k):
     x, y = batch()
     m1, m2 = mlp(), mlp()
-    o1 = xsam.XSAM(m1.parameters(), torch.optim.SGD, rho=0.1, steps=k, alpha=1.0, lr=0.1, momentum=0.9)
+    o1 = xsam.XSAM(
+        m1.parameters(), torch.optim.SGD, rho=0.1, steps=k, alpha=1.0, lr=0.1, momentum=0.9
+    )
     o2 = xsam.SAM(m2.parameters(), torch.optim.SGD, rho=0.1, steps=k, lr=0.1, momentum=0.9)
     for _ in range(3):
         l1 = o1.step(make_closure(m1, x, y))
@@ -211,7 +215,15 @@ def test_update_is_base_step_on_d():
     """SGD with momentum and weight decay consumes d like any gradient."""
     A, b, theta = quad_problem(6)
     q = Quadratic(A, b, theta)
-    opt = xsam.XSAM(q.parameters(), torch.optim.SGD, rho=0.2, alpha=0.6, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt = xsam.XSAM(
+        q.parameters(),
+        torch.optim.SGD,
+        rho=0.2,
+        alpha=0.6,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-3,
+    )
     opt.step(quad_closure(q))
     d, _, _, _ = np_slerp_d(A, b, theta, 0.2, 1, 0.6)
     expected = theta - 0.05 * (d + 1e-3 * theta)
@@ -239,7 +251,9 @@ def test_alpha_search_matches_brute_force():
 
 def test_alpha_search_tie_keeps_smallest_and_grid_is_sorted():
     q = Quadratic(np.eye(3), np.zeros(3), np.zeros(3))  # zero gradient: every probe at θ₀
-    opt = xsam.XSAM(q.parameters(), torch.optim.SGD, rho=0.1, alpha_grid=[0.5, 0.2, 1.0, 0.2], lr=0.1)
+    opt = xsam.XSAM(
+        q.parameters(), torch.optim.SGD, rho=0.1, alpha_grid=[0.5, 0.2, 1.0, 0.2], lr=0.1
+    )
     assert opt.alpha_grid == (0.2, 0.5, 1.0)
     opt.step(quad_closure(q))
     assert opt.alpha == 0.2
@@ -340,7 +354,12 @@ def test_without_model_every_pass_updates_stats():
 
 def test_instance_norm_with_tracking_is_restored():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv1d(2, 4, 3), nn.InstanceNorm1d(4, track_running_stats=True, affine=True), nn.Flatten(), nn.LazyLinear(3)).to(DT)
+    m = nn.Sequential(
+        nn.Conv1d(2, 4, 3),
+        nn.InstanceNorm1d(4, track_running_stats=True, affine=True),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    ).to(DT)
     x = torch.randn(6, 2, 9, dtype=DT)
     y = torch.randint(0, 3, (6,))
     m(x)
@@ -420,7 +439,16 @@ def test_rho_zero_also_skips_non_finite():
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_zero_gradient_gives_no_nan(alpha, adaptive):
     q = Quadratic(np.eye(4), np.zeros(4), np.zeros(4))
-    opt = xsam.XSAM(q.parameters(), torch.optim.SGD, rho=0.1, steps=2, alpha=alpha, adaptive=adaptive, lr=0.1, momentum=0.9)
+    opt = xsam.XSAM(
+        q.parameters(),
+        torch.optim.SGD,
+        rho=0.1,
+        steps=2,
+        alpha=alpha,
+        adaptive=adaptive,
+        lr=0.1,
+        momentum=0.9,
+    )
     for _ in range(2):
         opt.step(quad_closure(q))
     assert opt.skipped_updates == 0
@@ -536,7 +564,13 @@ def test_add_param_group_and_params_without_grad():
     opt.add_param_group({"params": list(m[2].parameters()), "lr": 0.01, "rho": 0.05})
     opt.add_param_group({"params": [frozen]})
     g = opt.param_groups
-    assert (g[1]["lr"], g[1]["rho"], g[1]["momentum"], g[2]["rho"], g[2]["lr"]) == (0.01, 0.05, 0.9, 0.1, 0.1)
+    assert (g[1]["lr"], g[1]["rho"], g[1]["momentum"], g[2]["rho"], g[2]["lr"]) == (
+        0.01,
+        0.05,
+        0.9,
+        0.1,
+        0.1,
+    )
     before = [p.clone() for p in m.parameters()]
     opt.step(make_closure(m, x, y))
     assert torch.equal(frozen, torch.ones(3, dtype=DT)) and frozen.grad is None
@@ -578,7 +612,15 @@ def test_state_dict_round_trip_is_bit_exact(cls, kwargs):
 
     def build():
         m = mlp(bn=True)
-        o = cls(m.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-3, model=m, **kwargs)
+        o = cls(
+            m.parameters(),
+            torch.optim.SGD,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-3,
+            model=m,
+            **kwargs,
+        )
         s = torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=6)
         return m, o, s
 
@@ -718,5 +760,8 @@ def test_grad_scaler_path_matches_unscaled_and_skips_on_overflow():
     with pytest.warns(RuntimeWarning, match="skipped"):
         assert not _amp_update(o1, m1, scaler, x, y, nan_pass=1)
     assert all(torch.equal(a, b) for a, b in zip(before, m1.parameters()))
-    assert all(torch.equal(a, st["momentum_buffer"]) for a, st in zip(mom, o1.base_optimizer.state.values()))
+    assert all(
+        torch.equal(a, st["momentum_buffer"])
+        for a, st in zip(mom, o1.base_optimizer.state.values())
+    )
     assert scaler.get_scale() == 2.0**9  # backed off once

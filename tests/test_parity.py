@@ -13,10 +13,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import reference_update
 from torch import nn
 
 import xsam
-from reference import reference_update
 
 DT = torch.float64
 
@@ -24,13 +24,21 @@ DT = torch.float64
 def net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 8), nn.Softplus(), nn.Linear(8, 4)
+        nn.Linear(6, 8),
+        nn.BatchNorm1d(8),
+        nn.Tanh(),
+        nn.Linear(8, 8),
+        nn.Softplus(),
+        nn.Linear(8, 4),
     ).to(DT)
 
 
 def batches(n: int, seed: int = 3):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(12, 6, generator=g, dtype=DT), torch.randint(0, 4, (12,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(12, 6, generator=g, dtype=DT), torch.randint(0, 4, (12,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def groups_of(model: nn.Module, two_groups: bool):
@@ -44,7 +52,18 @@ BASES = {
 }
 
 
-def run_pair(*, steps, alpha, base="sgd", two_groups=False, adaptive=False, n_updates=4, alpha_every=2, rho=0.3, rho_max=None):
+def run_pair(
+    *,
+    steps,
+    alpha,
+    base="sgd",
+    two_groups=False,
+    adaptive=False,
+    n_updates=4,
+    alpha_every=2,
+    rho=0.3,
+    rho_max=None,
+):
     data = batches(n_updates)
     lib_model, ref_model = net(), net()
     base_cls, base_kw = BASES[base]
@@ -147,7 +166,15 @@ def test_parity_adaptive(steps, alpha):
 def test_parity_sam_class_equals_reference_alpha_one():
     data = batches(3)
     lib_model, ref_model = net(), net()
-    opt = xsam.SAM(lib_model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1, momentum=0.9, model=lib_model)
+    opt = xsam.SAM(
+        lib_model.parameters(),
+        torch.optim.SGD,
+        rho=0.2,
+        steps=2,
+        lr=0.1,
+        momentum=0.9,
+        model=lib_model,
+    )
     ref_base = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
     bn = [m for m in ref_model.modules() if isinstance(m, nn.BatchNorm1d)]
     for x, y in data:
@@ -158,7 +185,15 @@ def test_parity_sam_class_equals_reference_alpha_one():
             return loss
 
         opt.step(closure)
-        reference_update([list(ref_model.parameters())], lambda x=x, y=y: F.cross_entropy(ref_model(x), y), ref_base.step, rho=0.2, steps=2, alpha=1.0, bn_modules=bn)
+        reference_update(
+            [list(ref_model.parameters())],
+            lambda x=x, y=y: F.cross_entropy(ref_model(x), y),
+            ref_base.step,
+            rho=0.2,
+            steps=2,
+            alpha=1.0,
+            bn_modules=bn,
+        )
     for a, b in zip(lib_model.state_dict().values(), ref_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
     assert math.isfinite(opt.last_stats["gk_norm"])

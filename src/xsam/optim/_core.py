@@ -201,12 +201,19 @@ class SAMFamily(Optimizer):
         for p in params:
             st = self.state[p]
             buf = st.get("theta0")
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+            if (
+                buf is None
+                or buf.shape != p.shape
+                or buf.dtype != p.dtype
+                or buf.device != p.device
+            ):
                 buf = st["theta0"] = torch.empty_like(p, memory_format=torch.preserve_format)
             theta0.append(buf)
         if params:
             torch._foreach_copy_(theta0, [p.detach() for p in params])
-        u = _Update(params=params, theta0=theta0, dtype=acc_dtype(params) if params else torch.float32)
+        u = _Update(
+            params=params, theta0=theta0, dtype=acc_dtype(params) if params else torch.float32
+        )
         u.rho = rhos[0] if len(set(rhos)) == 1 else rhos
         u.rho_max = rho_maxes[0] if len(set(rho_maxes)) == 1 else rho_maxes
         if any(adaptive):
@@ -468,7 +475,9 @@ class SAMFamily(Optimizer):
                 f"state_dict was saved by {extra.get('type')}, cannot load into {type(self).__name__}"
             )
         if extra.get("steps") != self.steps:
-            raise ValueError(f"state_dict has steps={extra.get('steps')}, this optimizer {self.steps}")
+            raise ValueError(
+                f"state_dict has steps={extra.get('steps')}, this optimizer {self.steps}"
+            )
         self.base_optimizer.load_state_dict(sd)
         self.param_groups = self.base_optimizer.param_groups
         self.updates = int(extra["updates"])

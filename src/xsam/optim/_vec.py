@@ -43,6 +43,8 @@ def global_sq_sums(
     return out
 
 
-def global_norm(tensors: list[Tensor], dtype: torch.dtype, reduce: ReduceFn | None = None) -> Tensor:
+def global_norm(
+    tensors: list[Tensor], dtype: torch.dtype, reduce: ReduceFn | None = None
+) -> Tensor:
     """The 2-norm of the concatenation of ``tensors`` (a 0-d tensor)."""
     return global_sq_sums([tensors], dtype, reduce)[0].sqrt()

@@ -92,4 +92,3 @@ class SAM(SAMFamily):
     def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> None:
         # d = g_k: the gradient already in .grad is the update direction.
         return None
-

@@ -133,7 +133,9 @@ class XSAM(SAMFamily):
             try:
                 grid = [float(a) for a in alpha_grid]
             except (TypeError, ValueError):
-                raise ValueError(f"alpha_grid must be a sequence of numbers, got {alpha_grid!r}") from None
+                raise ValueError(
+                    f"alpha_grid must be a sequence of numbers, got {alpha_grid!r}"
+                ) from None
             if not grid or not all(math.isfinite(a) for a in grid):
                 raise ValueError(f"alpha_grid must be non-empty and finite, got {alpha_grid!r}")
             self.alpha_grid = tuple(sorted(set(grid)))
