@@ -14,9 +14,10 @@ decides ``d``. A fix here lands in every variant.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..distributed import Distribution, local_tensor, resolve_distribution
 from ..policies import NormStatsSnapshot, frozen_norm_stats
 from ._vec import ReduceFn, acc_dtype, global_norm, global_sq_sums
 
@@ -50,7 +52,8 @@ def _check_number(name: str, value: Any, *, low: float, strict: bool) -> float:
 class _Update:
     """What one update carries from the clean pass to the descent."""
 
-    params: list[Tensor]
+    owners: list[Tensor]  # the parameters (nn.Parameter or DTensor)
+    params: list[Tensor]  # their local data (the shard under FSDP), where the math happens
     theta0: list[Tensor]
     dtype: torch.dtype
     ascents: int = 0
@@ -81,6 +84,7 @@ class SAMFamily(Optimizer):
         eta: float,
         rho_max: float | None,
         model: nn.Module | None,
+        perturbation: str | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
@@ -128,7 +132,17 @@ class SAMFamily(Optimizer):
         self.skipped_updates = 0
         self._warned_skip = False
         self._last: dict[str, Tensor | float] = {}
-        self._reduce: ReduceFn | None = None  # set by distributed policies
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        self._dist: Distribution = resolve_distribution(model, all_params, perturbation)
+        self._reduce: ReduceFn | None = (
+            self._dist.sum_over_shards if self._dist.kind == "fsdp" else None
+        )
+
+    @property
+    def perturbation(self) -> str:
+        """``"local"`` or ``"global"`` (see :mod:`xsam.distributed`); ``"global"`` when single
+        process."""
+        return self._dist.perturbation
 
     # ------------------------------------------------------------------ param groups
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -167,6 +181,10 @@ class SAMFamily(Optimizer):
     def _needs_loss_fn(self) -> bool:
         return False
 
+    def _direction_is_gk(self) -> bool:
+        """True when d = g_k (SAM): DDP may then all-reduce the last pass as usual."""
+        return True
+
     def _state_extra(self) -> dict[str, Any]:
         return {}
 
@@ -176,9 +194,28 @@ class SAMFamily(Optimizer):
     def _on_update_done(self) -> None:
         pass
 
+    # ------------------------------------------------------------------ pass contexts
+    @contextlib.contextmanager
+    def clean_pass(self) -> Iterator[None]:
+        """Wrap the forward+backward at θ₀ in this (lower-level path). Under DDP with local
+        perturbation it keeps the gradient local (``no_sync``); otherwise it does nothing."""
+        with self._dist.gradient_pass(synced=self._dist.perturbation == "global"):
+            yield
+
+    @contextlib.contextmanager
+    def perturbed_pass(self) -> Iterator[None]:
+        """Wrap the forward+backward at each ascent point in this (lower-level path): running
+        statistics are left untouched (with ``model=``), and under DDP the gradient is synced
+        or kept local as the perturbation mode requires."""
+        u = self._update
+        final = u is not None and u.ascents == self.steps
+        synced = self._dist.perturbation == "global" or (final and self._direction_is_gk())
+        with frozen_norm_stats(self.model), self._dist.gradient_pass(synced=synced):
+            yield
+
     # ------------------------------------------------------------------ the update, low level
     def _begin(self) -> _Update:
-        params, rhos, rho_maxes, etas, adaptive = [], [], [], [], []
+        owners, rhos, rho_maxes, etas, adaptive = [], [], [], [], []
         for group in self.param_groups:
             rmax = group["rho_max"] if group["rho_max"] is not None else 2.0 * group["rho"]
             for p in group["params"]:
@@ -186,11 +223,12 @@ class SAMFamily(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise ValueError("sparse gradients are not supported")
-                params.append(p)
+                owners.append(p)
                 rhos.append(group["rho"] / self.steps)
                 rho_maxes.append(rmax)
                 etas.append(group["eta"])
                 adaptive.append(group["adaptive"])
+        params = [local_tensor(p.detach()) for p in owners]
         if params and len({p.device for p in params}) > 1:
             raise RuntimeError(
                 f"{type(self).__name__}: parameters with gradients span several devices "
@@ -198,8 +236,8 @@ class SAMFamily(Optimizer):
                 "supported (use one optimizer per device or DDP/FSDP)"
             )
         theta0 = []
-        for p in params:
-            st = self.state[p]
+        for o, p in zip(owners, params):
+            st = self.state[o]
             buf = st.get("theta0")
             if (
                 buf is None
@@ -210,9 +248,12 @@ class SAMFamily(Optimizer):
                 buf = st["theta0"] = torch.empty_like(p, memory_format=torch.preserve_format)
             theta0.append(buf)
         if params:
-            torch._foreach_copy_(theta0, [p.detach() for p in params])
+            torch._foreach_copy_(theta0, params)
         u = _Update(
-            params=params, theta0=theta0, dtype=acc_dtype(params) if params else torch.float32
+            owners=owners,
+            params=params,
+            theta0=theta0,
+            dtype=acc_dtype(params) if params else torch.float32,
         )
         u.rho = rhos[0] if len(set(rhos)) == 1 else rhos
         u.rho_max = rho_maxes[0] if len(set(rho_maxes)) == 1 else rho_maxes
@@ -230,10 +271,10 @@ class SAMFamily(Optimizer):
 
     def _grads(self, u: _Update) -> list[Tensor]:
         grads = []
-        for p in u.params:
+        for p in u.owners:
             if p.grad is None:  # no gradient in this pass: it is zero
                 p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
+            grads.append(local_tensor(p.grad))
         return grads
 
     @torch.no_grad()
@@ -272,7 +313,7 @@ class SAMFamily(Optimizer):
         if u.scale is not None:
             torch._foreach_mul_(grads, u.scale)  # back to θ coordinates: δθ = T·δθ̃
         torch._foreach_add_(u.params, grads)
-        for p in u.params:
+        for p in u.owners:
             p.grad = None
 
     @torch.no_grad()
@@ -298,6 +339,8 @@ class SAMFamily(Optimizer):
         if ok:
             try:
                 self._descent(u, grads, loss_fn)
+                if self._dist.averages_direction and not self._direction_is_gk():
+                    self._dist.average_(grads)  # local perturbation: mean of per-rank d_r
             except BaseException:
                 torch._foreach_copy_(u.params, u.theta0)
                 raise
@@ -312,7 +355,7 @@ class SAMFamily(Optimizer):
         flags = list(u.finite) + [torch.isfinite(t) for t in u.losses]
         gk_sq = global_sq_sums([grads], u.dtype, self._reduce)[0]
         flags.append(torch.isfinite(gk_sq))
-        ok = bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+        ok = bool(self._dist.agree_all(torch.stack([f.to(gk_sq.device) for f in flags]).all()))
         self._last = {"g0_norm": u.grad_norms[0], "gk_norm": gk_sq.sqrt()}
         return ok
 
@@ -379,14 +422,17 @@ class SAMFamily(Optimizer):
         self._closure_running = True
         try:
             self.zero_grad()
-            loss = grad_closure()
             if self._rho_all_zero():
+                with self._dist.gradient_pass(synced=True):
+                    loss = grad_closure()
                 return self._plain_step(loss)
+            with self.clean_pass():
+                loss = grad_closure()
             u = self._update = self._begin()
             u.losses.append(_as_tensor(loss))
             for _ in range(self.steps):
                 self.ascent_step()
-                with frozen_norm_stats(self.model):
+                with self.perturbed_pass():
                     u.losses.append(_as_tensor(grad_closure()))
             loss_fn = self._probe_fn(closure) if self._needs_loss_fn() else None
             ok = self.descent_direction(loss_fn)
@@ -404,12 +450,17 @@ class SAMFamily(Optimizer):
 
     def _plain_step(self, loss: Any) -> Any:
         """ρ = 0 everywhere: exactly the base optimizer (one pass, nothing perturbed)."""
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grads = [
+            local_tensor(p.grad)
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None
+        ]
         ok = True
         if grads:
             flags = torch.isfinite(global_sq_sums([grads], acc_dtype(grads), self._reduce)[0])
             lt = _as_tensor(loss)
-            ok = bool(flags & torch.isfinite(lt).to(flags.device).all())
+            ok = bool(self._dist.agree_all(flags & torch.isfinite(lt).to(flags.device).all()))
         if ok:
             self.base_optimizer.step()
         self._finish(ok)

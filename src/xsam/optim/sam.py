@@ -43,6 +43,10 @@ class SAM(SAMFamily):
         model: the module being trained. When given, running statistics of its normalisation
             layers (BatchNorm, SyncBatchNorm, tracked InstanceNorm) change only in the clean
             pass; without it every closure call updates them.
+        perturbation: with ``model=`` a ``DistributedDataParallel`` module: ``"local"``
+            (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
+            (every pass all-reduced: single-process training on the global batch). FSDP-sharded
+            parameters imply ``"global"``. See :mod:`xsam.distributed`.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``...).
 
     Example:
@@ -75,6 +79,7 @@ class SAM(SAMFamily):
         adaptive: bool = False,
         eta: float = 0.01,
         model: nn.Module | None = None,
+        perturbation: str | None = None,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -86,6 +91,7 @@ class SAM(SAMFamily):
             eta=eta,
             rho_max=None,
             model=model,
+            perturbation=perturbation,
             **base_kwargs,
         )
 

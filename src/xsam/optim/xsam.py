@@ -80,6 +80,10 @@ class XSAM(SAMFamily):
             so ``alpha=1`` is again k-step ASAM exactly. Needs ``eta > 0``.
         model: the module being trained; when given, normalisation running statistics change
             only in the clean pass (ascent points and α probes leave them untouched).
+        perturbation: with ``model=`` a ``DistributedDataParallel`` module: ``"local"``
+            (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
+            (every pass all-reduced: single-process training on the global batch). FSDP-sharded
+            parameters imply ``"global"``. See :mod:`xsam.distributed`.
         **base_kwargs: passed to ``base_optimizer``.
 
     Example:
@@ -117,6 +121,7 @@ class XSAM(SAMFamily):
         adaptive: bool = False,
         eta: float = 0.01,
         model: nn.Module | None = None,
+        perturbation: str | None = None,
         **base_kwargs: Any,
     ) -> None:
         if isinstance(alpha, str):
@@ -165,6 +170,7 @@ class XSAM(SAMFamily):
             eta=eta,
             rho_max=rho_max,
             model=model,
+            perturbation=perturbation,
             **base_kwargs,
         )
 
@@ -194,6 +200,9 @@ class XSAM(SAMFamily):
 
     def _needs_loss_fn(self) -> bool:
         return self.search_due
+
+    def _direction_is_gk(self) -> bool:
+        return not self._auto and self._alpha == 1.0
 
     def _on_update_done(self) -> None:
         if self._searched_now:
@@ -269,7 +278,7 @@ class XSAM(SAMFamily):
             )
         P, T = u.params, u.scale
         v0 = [t.clone() for t in P]  # P becomes the probe point
-        grads_aside = [p.grad for p in P]  # a closure probing with gradients must not touch v₁
+        grads_aside = [p.grad for p in u.owners]  # probing with gradients must not touch v₁
         losses = []
         try:
             with frozen_norm_stats(self.model):
@@ -282,17 +291,16 @@ class XSAM(SAMFamily):
                         torch._foreach_mul_(P, T)
                     torch._foreach_mul_(P, u.rho_max)
                     torch._foreach_add_(P, u.theta0)
-                    for p in P:
+                    for p in u.owners:
                         p.grad = None
                     losses.append(_as_tensor(loss_fn()).reshape(()))
         finally:
-            for p, g in zip(P, grads_aside, strict=True):
+            for p, g in zip(u.owners, grads_aside, strict=True):
                 p.grad = g
             torch._foreach_copy_(P, v0)
         wide = torch.float64 if any(t.dtype == torch.float64 for t in losses) else torch.float32
         values = torch.stack([t.to(losses[0].device, wide) for t in losses])
-        if self._reduce_mean is not None:
-            values = self._reduce_mean(values)
+        values = self._dist.mean_over_ranks(values)
         values = torch.nan_to_num(values, nan=-math.inf)
         self.last_probe_losses = values.tolist()
         if not bool(torch.isfinite(values).any()) and not bool((values == math.inf).any()):
@@ -305,5 +313,3 @@ class XSAM(SAMFamily):
             return self._alpha
         self._searched_now = True
         return self.alpha_grid[int(torch.argmax(values))]  # first maximum = smallest α
-
-    _reduce_mean: Callable[[Tensor], Tensor] | None = None  # set by distributed policies

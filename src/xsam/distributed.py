@@ -1,0 +1,167 @@
+"""Multi-process behaviour of the SAM family: which passes synchronise gradients, which scalars
+are reduced, and how every rank reaches the same decisions.
+
+Three set-ups are recognised from the ``model=`` given to the optimizer:
+
+* **single process** (or no ``model``): nothing is communicated.
+* **DDP** (``model`` is a ``DistributedDataParallel``):
+
+  - ``perturbation="local"`` (default, as the SAM paper's m-sharpness and Composer): every rank
+    ascends from its own mini-batch. The clean and ascent passes run inside ``model.no_sync()``
+    (forward and backward), so no gradient is all-reduced until the end. SAM (α = 1) lets DDP
+    all-reduce the last gradient g_k as usual (its overlap with the backward is kept); XSAM
+    computes each rank's own ``d_r = ‖g_k,r‖·v_r(α*)`` and averages the d_r with one
+    all-reduce, so the update is the mean of the per-rank XSAM directions.
+  - ``perturbation="global"``: DDP all-reduces every pass, so every rank holds the gradient of
+    the global batch and the update equals single-process training on the concatenated batch.
+
+* **FSDP** (parameters are ``DTensor`` shards, e.g. from ``torch.distributed.fsdp.fully_shard``):
+  gradients are reduce-scattered by FSDP in every pass, so only ``"global"`` perturbation
+  exists. Norms and the v₀/v₁ angle are sums over shards, completed with one all-reduce of a
+  few scalars; the vector work runs on the local shards.
+
+In every set-up the α probes' losses are averaged over ranks before the arg-max, and the
+"every pass was finite" flag is agreed (a non-finite pass on one rank skips the update on all),
+so replicas never drift apart.
+
+BatchNorm: with ``model=`` the running statistics still change only in the clean pass. Plain
+BatchNorm normalises with each rank's local batch statistics in every pass (and DDP broadcasts
+rank 0's buffers at each forward, as always); SyncBatchNorm computes global batch statistics in
+every pass, probes included, which costs one collective per layer and forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Distribution", "resolve_distribution", "local_tensor"]
+
+PERTURBATIONS = ("local", "global")
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except Exception:  # pragma: no cover - torch without distributed
+        return None
+    return DTensor
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """The local shard of a DTensor (sharing storage), or the tensor itself."""
+    dt = _dtensor_type()
+    if dt is not None and isinstance(t, dt):
+        return t.to_local()
+    return t
+
+
+def _is_ddp(model: nn.Module | None) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
+class Distribution:
+    """How one optimizer communicates; built by :func:`resolve_distribution`."""
+
+    def __init__(
+        self, kind: str, perturbation: str, model: nn.Module | None, group: Any = None
+    ) -> None:
+        self.kind = kind  # "none" | "ddp" | "fsdp"
+        self.perturbation = perturbation
+        self.model = model
+        self.group = group
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def world_size(self) -> int:
+        if not self.active:
+            return 1
+        import torch.distributed as dist
+
+        return dist.get_world_size(self.group)
+
+    def _all_reduce(self, t: Tensor, op: str) -> Tensor:
+        import torch.distributed as dist
+
+        out = t.clone()
+        dist.all_reduce(out, op=getattr(dist.ReduceOp, op), group=self.group)
+        return out
+
+    # --- scalars --------------------------------------------------------------------
+    def sum_over_shards(self, t: Tensor) -> Tensor:
+        """Partial sums of a sharded vector → global sums (FSDP only)."""
+        return self._all_reduce(t, "SUM") if self.kind == "fsdp" else t
+
+    def mean_over_ranks(self, t: Tensor) -> Tensor:
+        if not self.active:
+            return t
+        return self._all_reduce(t, "SUM") / self.world_size
+
+    def agree_all(self, flag: Tensor) -> Tensor:
+        """True on every rank only if it is true on every rank."""
+        if not self.active:
+            return flag
+        return self._all_reduce(flag.to(torch.int32), "MIN").bool()
+
+    # --- vectors --------------------------------------------------------------------
+    @property
+    def averages_direction(self) -> bool:
+        """Local DDP perturbation: each rank's d is computed alone, then averaged."""
+        return self.kind == "ddp" and self.perturbation == "local"
+
+    def average_(self, tensors: list[Tensor]) -> None:
+        """In-place mean over ranks of a tensor list, with one all-reduce of a flat buffer."""
+        if not tensors:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, group=self.group)
+        flat.div_(self.world_size)
+        torch._foreach_copy_(
+            tensors,
+            [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)],
+        )
+
+    # --- passes ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def gradient_pass(self, *, synced: bool) -> Iterator[None]:
+        """Context of one forward+backward: ``model.no_sync()`` for DDP passes whose gradient
+        must stay local."""
+        if self.kind == "ddp" and not synced:
+            with self.model.no_sync():  # type: ignore[union-attr]
+                yield
+        else:
+            yield
+
+
+def resolve_distribution(
+    model: nn.Module | None, params: list[Tensor], perturbation: str | None
+) -> Distribution:
+    if perturbation is not None and perturbation not in PERTURBATIONS:
+        raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
+    dt = _dtensor_type()
+    sharded = dt is not None and any(isinstance(p, dt) for p in params)
+    if _is_ddp(model):
+        return Distribution("ddp", perturbation or "local", model, model.process_group)  # type: ignore[union-attr]
+    if sharded:
+        if perturbation == "local":
+            raise ValueError(
+                "perturbation='local' is not possible with FSDP: gradients are sharded across "
+                "ranks in every pass; use perturbation='global' (the default under FSDP)"
+            )
+        mesh = next(p.device_mesh for p in params if isinstance(p, dt))  # type: ignore[union-attr]
+        return Distribution("fsdp", "global", model, mesh.get_group())
+    if perturbation is not None:
+        raise ValueError(
+            f"perturbation={perturbation!r} needs model= a DistributedDataParallel module (or "
+            "FSDP-sharded parameters); without one there is nothing to perturb locally or globally"
+        )
+    return Distribution("none", "global", model)
