@@ -145,7 +145,7 @@ def _worker_local_is_mean_of_rank_directions(rank, steps):
         bn = [m for m in twin.modules() if isinstance(m, nn.BatchNorm1d)]
         searched = reference_update(
             [twin_params],
-            lambda: F.cross_entropy(twin(xl), yl),
+            lambda twin=twin, xl=xl, yl=yl: F.cross_entropy(twin(xl), yl),
             lambda: None,
             rho=0.3,
             steps=steps,
@@ -162,7 +162,7 @@ def _worker_local_is_mean_of_rank_directions(rank, steps):
         local_choices.append(searched["alpha"])
         fixed = reference_update(
             [twin_params],
-            lambda: F.cross_entropy(twin(xl), yl),
+            lambda twin=twin, xl=xl, yl=yl: F.cross_entropy(twin(xl), yl),
             lambda: None,
             rho=0.3,
             steps=steps,
