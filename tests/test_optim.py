@@ -765,3 +765,17 @@ def test_grad_scaler_path_matches_unscaled_and_skips_on_overflow():
         for a, st in zip(mom, o1.base_optimizer.state.values())
     )
     assert scaler.get_scale() == 2.0**9  # backed off once
+
+
+def test_sync_batchnorm_stats_only_from_clean_pass():
+    """SyncBatchNorm is a _BatchNorm: frozen the same way (single process, CPU)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 7), nn.SyncBatchNorm(7), nn.Tanh(), nn.Linear(7, 3)).to(DT)
+    x, y = batch()
+    ref = copy.deepcopy(m)
+    with torch.no_grad():
+        ref(x)
+    opt = xsam.XSAM(m.parameters(), torch.optim.SGD, rho=0.3, steps=2, lr=0.1, model=m)
+    opt.step(make_closure(m, x, y))
+    assert torch.equal(m[1].running_mean, ref[1].running_mean)
+    assert int(m[1].num_batches_tracked) == 1
