@@ -1,0 +1,43 @@
+"""Tools that measure the claims of the XSAM paper on any model (ALGORITHM.md §7).
+
+* :func:`probe_directions` / :func:`probe_many` — cosines between the ascent directions (g₀,
+  SAM's g₁@θ₀, k-step SAM's g_k@θ₀, XSAM's v(α*)) and the direction u* to the loss maximum on
+  the sphere of radius ρ_max; :func:`claims_summary` turns one probe into the four claims.
+* :func:`plane_landscape` + :func:`plot_plane_landscape` — the loss over the v₀–v₁ plane.
+* :func:`hessian_top_eigenvalue`, :func:`worst_case_sharpness` — sharpness metrics.
+* :func:`plot_cosines` — cosine against epoch, from :func:`cosine_record` records.
+
+Every tool takes ``model`` and ``loss_fn(model) -> scalar loss`` on a fixed batch, runs the
+model in train mode with normalisation running statistics frozen and the same random numbers
+at every evaluation, and leaves the weights (bit for bit), the statistics, the ``.grad``
+fields, the train/eval flags and the global RNG state as it found them. Results are dicts of
+plain Python values (JSON-serialisable) unless a ``return_vector(s)`` flag asks for tensors.
+"""
+
+from .directions import (
+    claims_summary,
+    cosine_record,
+    flatten_result,
+    probe_directions,
+    probe_many,
+    sphere_maximum,
+)
+from .landscape import plane_landscape
+from .plots import plot_cosines, plot_plane_landscape
+from .sharpness import hessian_top_eigenvalue, worst_case_sharpness
+from .vectors import FlatModel
+
+__all__ = [
+    "FlatModel",
+    "claims_summary",
+    "cosine_record",
+    "flatten_result",
+    "hessian_top_eigenvalue",
+    "plane_landscape",
+    "plot_cosines",
+    "plot_plane_landscape",
+    "probe_directions",
+    "probe_many",
+    "sphere_maximum",
+    "worst_case_sharpness",
+]
