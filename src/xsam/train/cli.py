@@ -1,0 +1,364 @@
+"""The ``xsam`` command: ``train``, ``compare``, ``demo`` and ``presets``.
+
+Every config flag defaults to "not given": the config is the defaults, then ``--preset``, then
+``--config FILE``, then the flags given. Bad input ends with one line ``xsam: error: ...`` on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..data import DATASETS, DataError
+from ..models import MODEL_NAMES
+from .checkpoint import CONFIG
+from .compare import parse_seeds, parse_variants, run_compare
+from .config import (
+    AMP_MODES,
+    BASE_OPTIMIZERS,
+    FIELD_NAMES,
+    OPTIMIZERS,
+    PRESET_NOTES,
+    PRESETS,
+    SCHEDULES,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    resolve_config,
+)
+from .loop import train
+
+__all__ = ["DEMO_OPTIMIZERS", "DEMO_PRESET", "build_parser", "demo_plan", "main"]
+
+DEMO_PRESET = "fmnist-sample-cnn"
+DEMO_OPTIMIZERS = ("sgd", "sam", "xsam")
+DEMO_EPOCHS = 6
+DEMO_DIR = "demo_runs"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+_HELP: dict[str, tuple[str, str]] = {
+    "dataset": ("NAME", f"data set: {', '.join(DATASETS)}"),
+    "data_dir": ("DIR", "folder holding the data set's files (default: $XSAM_DATA, system dirs)"),
+    "limit_train": ("N", "train on N examples only (a fixed class-balanced subset)"),
+    "limit_test": ("N", "evaluate on N test examples only (a fixed class-balanced subset)"),
+    "augment": ("SPEC", "none, paper (= crop4+flip+cutout16@0.5) or e.g. crop2+flip"),
+    "model": ("NAME", f"model: {', '.join(MODEL_NAMES)}"),
+    "optimizer": ("NAME", f"{', '.join(OPTIMIZERS)} (sgd = the base optimizer alone)"),
+    "rho": ("R", "ascent radius ρ"),
+    "steps": ("K", "ascent steps k"),
+    "adaptive": (None, "ASAM's adaptive perturbation"),
+    "eta": ("E", "η of the adaptive perturbation"),
+    "alpha": ("A", "XSAM's α: auto (searched) or a number (1 = SAM)"),
+    "rho_max": ("R", "radius of the α search probes (default 2·ρ)"),
+    "alpha_grid": ("GRID", "α values searched: start:stop:step or a,b,c (default 0:2:0.1)"),
+    "alpha_every": ("N", "search α every N updates, or 'epoch' (default: at each epoch start)"),
+    "base": ("NAME", f"base optimizer: {', '.join(BASE_OPTIMIZERS)}"),
+    "lr": ("LR", "peak learning rate"),
+    "momentum": ("M", "SGD momentum"),
+    "weight_decay": ("WD", "weight decay (SGD: coupled, AdamW: decoupled)"),
+    "nesterov": (None, "Nesterov momentum (SGD)"),
+    "epochs": ("N", "epochs"),
+    "batch_size": ("B", "batch size"),
+    "schedule": ("NAME", f"learning-rate schedule per update: {', '.join(SCHEDULES)}"),
+    "warmup_epochs": ("E", "linear warm-up length in epochs (may be fractional)"),
+    "label_smoothing": ("S", "label smoothing of the training loss"),
+    "seed": ("S", "seed of model init, data order and augmentation"),
+    "device": ("DEV", "auto (CUDA when present), cpu, cuda or cuda:N"),
+    "threads": ("N", "CPU threads for torch (default: torch's choice)"),
+    "amp": ("MODE", f"mixed precision: {', '.join(AMP_MODES)} (fp16 uses a GradScaler)"),
+    "eval_batch_size": ("B", "batch size of the evaluation"),
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    g = p.add_argument_group("run settings (override the preset)")
+    g.add_argument("--preset", metavar="NAME", default=argparse.SUPPRESS,
+                   help=f"start from a named setup: {', '.join(PRESETS)} (see `xsam presets`)")  # fmt: skip
+    g.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="start from a JSON config (e.g. a run's config.json)")  # fmt: skip
+    for name in FIELD_NAMES:
+        if name in skip or name not in _HELP:
+            continue
+        metavar, text = _HELP[name]
+        flag = "--" + name.replace("_", "-")
+        if metavar is None:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=text)  # fmt: skip
+        else:
+            g.add_argument(flag, metavar=metavar, default=argparse.SUPPRESS, help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``xsam`` command."""
+    parser = _Parser(
+        prog="xsam",
+        description="Train and compare SAM-family optimizers (XSAM, SAM, SGD).",
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train one model and write a run folder",
+        description="Train one model; write config.json, run.json, metrics.jsonl/.csv and "
+        "last.pt (after every epoch) into the run folder.",
+        allow_abbrev=False,
+    )
+    t.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS,
+                   help="run folder (default: runs/<preset or dataset-model>-<optimizer>-seed<S>)")  # fmt: skip
+    t.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    t.add_argument("--force", action="store_true", help="overwrite the run in the run folder")
+    t.add_argument("--stop-after", metavar="N", type=int, default=None,
+                   help="stop after N finished epochs (continue later with --resume)")  # fmt: skip
+    t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_config_flags(t)
+
+    c = sub.add_parser(
+        "compare",
+        help="train a grid of optimizers × seeds, tabulate and plot",
+        description="Train every optimizer variant with every seed (one subfolder each; "
+        "complete runs are skipped, stopped ones resumed), then write results.md (mean ± std), "
+        "results.json, test_acc.png and alpha.png.",
+        allow_abbrev=False,
+    )
+    c.add_argument("--optimizers", metavar="LIST", default="sgd,sam,xsam",
+                   help="optimizer variants, each NAME[:key=value,...], e.g. "
+                   "'sgd,sam:rho=0.05,xsam:steps=2,alpha_every=50' (default: sgd,sam,xsam)")  # fmt: skip
+    c.add_argument("--seeds", metavar="LIST", default="0,1,2",
+                   help="seeds: 0,1,2 or 0-4 (default: 0,1,2)")  # fmt: skip
+    c.add_argument("--out", metavar="DIR", default=None,
+                   help="comparison folder (default: runs/compare-<preset or dataset-model>)")  # fmt: skip
+    c.add_argument("--force", action="store_true", help="redo runs that are already there")
+    c.add_argument("--quiet", action="store_true", help="print only the table")
+    _add_config_flags(c, skip=("optimizer", "seed"))
+
+    d = sub.add_parser(
+        "demo",
+        help=f"SGD vs SAM vs XSAM on the embedded Fashion-MNIST sample ({DEMO_PRESET})",
+        description=f"Run SGD, SAM and XSAM (k=1) with the {DEMO_PRESET} preset for "
+        f"{DEMO_EPOCHS} epochs, one seed each, print the table and write the plots into a "
+        f"new folder under ./{DEMO_DIR}/.",
+        allow_abbrev=False,
+    )
+    d.add_argument("--out", metavar="DIR", default=None,
+                   help=f"folder (default: {DEMO_DIR}/<date-time>)")  # fmt: skip
+    d.add_argument("--epochs", metavar="N", default=None, help=f"epochs (default {DEMO_EPOCHS})")
+    d.add_argument("--seeds", metavar="LIST", default="0", help="seeds (default: 0)")
+    d.add_argument("--device", metavar="DEV", default=None, help="auto, cpu, cuda")
+    d.add_argument("--threads", metavar="N", default=None,
+                   help="CPU threads (default: torch's choice, one per core)")  # fmt: skip
+    d.add_argument("--quiet", action="store_true", help="print only the table")
+
+    sub.add_parser("presets", help="list the named presets", allow_abbrev=False)
+    return parser
+
+
+# ---------------------------------------------------------------------- helpers
+def _config_from_args(ns: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """base (default: defaults) ← preset ← --config file ← explicit flags."""
+    args = vars(ns)
+    config = resolve_config(args.get("preset"), None, base)
+    if "config" in args:
+        file_config = TrainConfig.from_json(args["config"])
+        explicit = {k: v for k, v in file_config.to_dict().items() if k != "out"}
+        config = apply_overrides(config, explicit)
+    flags = {k: v for k, v in args.items() if k in FIELD_NAMES}
+    return apply_overrides(config, flags)
+
+
+def _default_name(config: TrainConfig) -> str:
+    c = config.validated()
+    return c.preset or f"{c.dataset}-{c.model}"
+
+
+def _printer(quiet: bool):
+    return None if quiet else (lambda s: print(s, flush=True))
+
+
+def _progress(quiet: bool) -> bool:
+    return not quiet and sys.stdout.isatty()
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+# ---------------------------------------------------------------------- commands
+def _cmd_train(ns: argparse.Namespace) -> int:
+    if ns.resume and ns.force:
+        raise ConfigError("--resume and --force exclude each other")
+    if ns.stop_after is not None and ns.stop_after < 1:
+        raise ConfigError(f"--stop-after should be >= 1 but is: {ns.stop_after}")
+    config = _config_from_args(ns)
+    if config.out is None:
+        c = config.validated()
+        config = config.replace(
+            out=str(Path("runs") / f"{_default_name(c)}-{c.optimizer}-seed{c.seed}")
+        )
+    out = Path(config.out)  # type: ignore[arg-type]
+    if ns.resume and (out / CONFIG).is_file():
+        # The saved config is the base; flags given now must agree with it (checked by train).
+        config = _config_from_args(ns, TrainConfig.from_json(out / CONFIG)).replace(out=str(out))
+    log = _printer(ns.quiet)
+    result = train(
+        config,
+        resume=ns.resume,
+        force=ns.force,
+        stop_after=ns.stop_after,
+        log=log,
+        progress=_progress(ns.quiet),
+    )
+    if log:
+        status = "done" if result["complete"] else f"stopped after epoch {result['epochs_done']}"
+        log(
+            f"{status}: final test acc {_pct(result['final_test_acc'])} (best "
+            f"{_pct(result['best_test_acc'])} at epoch {result['best_epoch']}), "
+            f"{result['wall_s']:.1f} s; run folder {out}"
+        )
+    return 0
+
+
+def _split_variants(text: str) -> list[str]:
+    """``"sgd,sam:rho=0.05,steps=2,xsam"`` -> ``["sgd", "sam:rho=0.05,steps=2", "xsam"]``: a
+    ``key=value`` part belongs to the variant before it (';' and spaces separate too)."""
+    variants: list[str] = []
+    for part in (p.strip() for p in text.replace(";", ",").replace(" ", ",").split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and variants:
+            variants[-1] += "," + part
+        else:
+            variants.append(part)
+    return variants
+
+
+def _run_compare(
+    base: TrainConfig,
+    variants: list[str],
+    seeds: list[int],
+    out: Path,
+    *,
+    force: bool,
+    quiet: bool,
+) -> int:
+    log = _printer(quiet)
+    result = run_compare(
+        base,
+        parse_variants(variants),
+        seeds,
+        out,
+        force=force,
+        log=log,
+        progress=_progress(quiet),
+    )
+    print()
+    print(result["table"])
+    if log:
+        print()
+        log("wrote " + ", ".join(result["files"]))
+    return 0
+
+
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    base = _config_from_args(ns)
+    variants = _split_variants(ns.optimizers)
+    seeds = parse_seeds(ns.seeds)
+    out = Path(ns.out) if ns.out else Path("runs") / f"compare-{_default_name(base)}"
+    return _run_compare(base, variants, seeds, out, force=ns.force, quiet=ns.quiet)
+
+
+def demo_plan(
+    out: str | Path | None = None,
+    epochs: int | str | None = None,
+    seeds: str = "0",
+    device: str | None = None,
+    threads: int | str | None = None,
+) -> tuple[TrainConfig, list[str], list[int], Path]:
+    """What ``xsam demo`` runs: ``(base config, optimizer variants, seeds, folder)``."""
+    overrides: dict[str, Any] = {"epochs": epochs if epochs is not None else DEMO_EPOCHS}
+    if device is not None:
+        overrides["device"] = device
+    if threads is not None:
+        overrides["threads"] = threads
+    base = resolve_config(DEMO_PRESET, overrides)
+    base.validated()
+    if out is None:
+        out = Path(DEMO_DIR) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    return base, list(DEMO_OPTIMIZERS), parse_seeds(seeds), Path(out)
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    base, variants, seeds, out = demo_plan(ns.out, ns.epochs, ns.seeds, ns.device, ns.threads)
+    if not ns.quiet:
+        c = base.validated()
+        print(
+            f"xsam demo: {', '.join(v.upper() for v in variants)} on the embedded Fashion-MNIST "
+            f"sample ({c.model}, {c.epochs} epochs, seed {', '.join(map(str, seeds))}) -> {out}",
+            flush=True,
+        )
+    return _run_compare(base, variants, seeds, out, force=False, quiet=ns.quiet)
+
+
+def _cmd_presets(ns: argparse.Namespace) -> int:
+    width = max(map(len, PRESETS))
+    for name in PRESETS:
+        c = resolve_config(name).validated()
+        print(
+            f"{name:<{width}}  {c.dataset} {c.model}, {c.epochs} epochs, batch {c.batch_size}, "
+            f"{c.base} lr {c.lr:g}, ρ {c.rho:g}, augment {c.augment}"
+        )
+        print(f"{'':<{width}}  {PRESET_NOTES[name]}")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "compare": _cmd_compare,
+    "demo": _cmd_demo,
+    "presets": _cmd_presets,
+}
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xsam`` command; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return _COMMANDS[ns.command](ns)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except (_UsageError, ConfigError, DataError) as exc:
+        print(f"xsam: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"xsam: error: {where}{_one_line(exc.strerror or exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nxsam: interrupted; finished epochs are saved (rerun the command with --resume, "
+            "or the same compare/demo command, to continue)",
+            file=sys.stderr,
+        )
+        return 130

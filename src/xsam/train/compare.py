@@ -1,0 +1,380 @@
+"""Compare optimizers over seeds: a grid of runs, a markdown table and plots.
+
+``run_compare`` trains every (variant, seed) pair in its own subfolder of the comparison
+folder, one after another. Rerunning the same comparison skips the runs that are complete and
+resumes the ones that stopped, so an interrupted comparison is continued by running the same
+command again. The comparison folder gets ``compare.json`` (the plan), ``results.md`` (the
+table, the command and the machine), ``results.json`` (the numbers) and ``test_acc.png`` /
+``alpha.png``.
+
+A variant is an optimizer name with optional config overrides, e.g. ``sgd``, ``sam:rho=0.05``
+or ``xsam:steps=2,alpha_every=100``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_write_text, read_metrics, run_status
+from .config import OPTIMIZERS, ConfigError, TrainConfig, apply_overrides
+from .loop import RESUME_FREE_KEYS, train
+
+__all__ = [
+    "PlannedRun",
+    "Variant",
+    "aggregate",
+    "format_table",
+    "load_runs",
+    "mean_std",
+    "parse_seeds",
+    "parse_variants",
+    "plan_runs",
+    "plot_runs",
+    "run_compare",
+]
+
+MANIFEST, RESULTS_MD, RESULTS_JSON = "compare.json", "results.md", "results.json"
+PLOT_ACC, PLOT_ALPHA = "test_acc.png", "alpha.png"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An optimizer setting to compare: ``label`` (as the user wrote it) and overrides."""
+
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """The label made safe as a folder name."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.label.replace("=", "")).strip("_")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    variant: Variant
+    seed: int
+    config: TrainConfig
+
+    @property
+    def out(self) -> Path:
+        assert self.config.out is not None
+        return Path(self.config.out)
+
+
+def parse_variants(specs: Iterable[str]) -> list[Variant]:
+    """``"sgd"``, ``"sam:rho=0.05"``, ``"xsam:steps=2,alpha=auto"`` -> :class:`Variant`."""
+    variants: list[Variant] = []
+    for spec in specs:
+        spec = spec.strip()
+        name, _, rest = spec.partition(":")
+        name = name.strip().lower()
+        if name not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
+        overrides: dict[str, Any] = {"optimizer": name}
+        for item in filter(None, (t.strip() for t in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ConfigError(f"optimizer variant {spec!r}: expected key=value, got {item!r}")
+            overrides[key.strip().replace("-", "_")] = value.strip()
+        apply_overrides(TrainConfig(), overrides)  # unknown keys and bad values fail here
+        label = name + (":" + rest.strip() if rest.strip() else "")
+        if any(v.label == label for v in variants):
+            raise ConfigError(f"optimizer variant {label!r} is listed twice")
+        variants.append(Variant(label, overrides))
+    if not variants:
+        raise ConfigError("no optimizers to compare")
+    return variants
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-4"`` -> a list of distinct seeds."""
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (t.strip() for t in text.split(","))):
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ConfigError(f"seeds should look like '0,1,2' or '0-4' but are: {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds should be distinct integers >= 0 but are: {text!r}")
+    return seeds
+
+
+def plan_runs(
+    base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[int], out_dir: str | Path
+) -> list[PlannedRun]:
+    """Every (variant, seed) run, validated, each in ``out_dir/<variant>-seed<seed>``."""
+    out_dir = Path(out_dir)
+    plan = []
+    for v in variants:
+        for seed in seeds:
+            overrides = {**v.overrides, "seed": seed, "out": str(out_dir / f"{v.slug}-seed{seed}")}
+            plan.append(PlannedRun(v, seed, apply_overrides(base, overrides).validated()))
+    return plan
+
+
+def _check_existing(plan: Sequence[PlannedRun]) -> None:
+    """Refuse (before training anything) to reuse a run folder made with another config."""
+    for run in plan:
+        status, saved, _ = run_status(run.out)
+        if status == "foreign":
+            raise ConfigError(f"{run.out} is not empty and holds no run; choose another --out")
+        if saved is None or status == "started":
+            continue
+        a, b = saved.validated().to_dict(), run.config.to_dict()
+        diff = [
+            f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUME_FREE_KEYS and a[k] != b[k]
+        ]
+        if diff:
+            raise ConfigError(
+                f"{run.out} holds a run with another config ({'; '.join(diff)}); pass --force "
+                "to redo it or choose another --out"
+            )
+
+
+def run_compare(
+    base: TrainConfig,
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Train the grid (skipping complete runs, resuming stopped ones; ``force`` redoes all),
+    then aggregate, write the table and plots. Returns ``{"rows", "table", "files"}``."""
+    say = log or (lambda s: None)
+    out_dir = Path(out_dir)
+    plan = plan_runs(base, variants, seeds, out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output folder {out_dir} exists and is not a folder")
+    if not force:
+        _check_existing(plan)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "runs": [{"label": r.variant.label, "seed": r.seed, "dir": r.out.name} for r in plan],
+            "base": base.to_dict(),
+        }
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write to output folder {out_dir}: {exc.strerror or exc}"
+        ) from None
+    for i, run in enumerate(plan, 1):
+        status, _, done = run_status(run.out)
+        head = f"[{i}/{len(plan)}] {run.variant.label} seed {run.seed}"
+        if status == "complete" and not force:
+            say(f"{head}: complete, skipped ({run.out})")
+            continue
+        what = f"resuming after epoch {done}" if status == "partial" and not force else "training"
+        say(f"{head}: {what} -> {run.out}")
+        train(run.config, resume=not force, force=force, log=log, progress=progress)
+    runs = load_runs(out_dir)
+    rows = aggregate(runs)
+    table = format_table(rows)
+    files = [out_dir / RESULTS_MD, out_dir / RESULTS_JSON]
+    atomic_write_text(out_dir / RESULTS_MD, _results_markdown(base, seeds, table, runs))
+    atomic_write_text(out_dir / RESULTS_JSON, json.dumps({"rows": rows}, indent=2) + "\n")
+    if plots:
+        files += plot_runs(runs, out_dir)
+    return {"rows": rows, "table": table, "files": [str(f) for f in files]}
+
+
+# ---------------------------------------------------------------------- aggregation
+def load_runs(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The runs of a comparison folder (from ``compare.json``), each ``{"label", "seed",
+    "dir", "config", "metrics", "complete"}``."""
+    out_dir = Path(out_dir)
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{out_dir} is not a comparison folder (no readable {MANIFEST})") from exc
+    runs = []
+    for entry in manifest["runs"]:
+        run_dir = out_dir / entry["dir"]
+        status, config, _ = run_status(run_dir)
+        runs.append(
+            {
+                "label": entry["label"],
+                "seed": entry["seed"],
+                "dir": str(run_dir),
+                "config": config,
+                "metrics": read_metrics(run_dir),
+                "complete": status == "complete",
+            }
+        )
+    return runs
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n − 1`` in the denominator; 0 for one value)."""
+    if not values:
+        return math.nan, math.nan
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant label (in first-seen order) over its complete runs: ``n``,
+    ``final_acc`` / ``best_acc`` / ``wall_s`` / ``alpha`` as ``(mean, std)``; accuracies in %."""
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    rows = []
+    for label in labels:
+        done = [r for r in runs if r["label"] == label and r["complete"] and r["metrics"]]
+        finals = [100.0 * r["metrics"][-1]["test_acc"] for r in done]
+        bests = [100.0 * max(m["test_acc"] for m in r["metrics"]) for r in done]
+        walls = [r["metrics"][-1]["wall_s"] for r in done]
+        alphas = [
+            r["metrics"][-1]["alpha"] for r in done if r["metrics"][-1].get("alpha") is not None
+        ]
+        rows.append(
+            {
+                "label": label,
+                "n": len(done),
+                "planned": sum(r["label"] == label for r in runs),
+                "seeds": [r["seed"] for r in done],
+                "final_acc": mean_std(finals),
+                "best_acc": mean_std(bests),
+                "wall_s": mean_std(walls),
+                "alpha": mean_std(alphas) if alphas else None,
+            }
+        )
+    return rows
+
+
+def _pm(ms: tuple[float, float] | None, n: int, digits: int) -> str:
+    if ms is None or n == 0 or math.isnan(ms[0]):
+        return "–"
+    mean, std = ms
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table: mean ± std (sample std) over the seeds of each variant."""
+    lines = [
+        "| optimizer | runs | final test acc (%) | best test acc (%) | final α | wall time (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        n = r["n"]
+        runs = f"{n}" if n == r["planned"] else f"{n} of {r['planned']}"
+        lines.append(
+            f"| {r['label']} | {runs} | {_pm(r['final_acc'], n, 2)} | {_pm(r['best_acc'], n, 2)} "
+            f"| {_pm(r['alpha'], n, 2)} | {_pm(r['wall_s'], n, 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+
+
+def _results_markdown(
+    base: TrainConfig, seeds: Sequence[int], table: str, runs: Sequence[dict[str, Any]]
+) -> str:
+    b = base.validated()
+    what = (
+        f"{b.dataset}, {b.model}, {b.epochs} epochs, batch {b.batch_size}, {b.base} lr {b.lr:g}, "
+        f"{b.schedule} schedule, augment {b.augment}"
+        + (f", preset {b.preset}" if b.preset else "")
+        + (f", {b.limit_train} training examples" if b.limit_train else "")
+    )
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "# Optimizer comparison\n\n"
+        f"{what}; mean ± sample std over seeds {', '.join(map(str, seeds))}.\n\n"
+        f"{table}\n\n"
+        f"- command: `{' '.join(['xsam', *sys.argv[1:]])}`\n"
+        f"- machine: {platform.node()}, {_machine()}\n"
+        f"- date: {when}\n"
+        f"- runs: {', '.join(Path(r['dir']).name for r in runs)}\n"
+    )
+
+
+# ---------------------------------------------------------------------- plots
+def _series(runs: Sequence[dict[str, Any]], label: str, key: str, scale: float = 1.0):
+    curves = [
+        [scale * m[key] if m.get(key) is not None else math.nan for m in r["metrics"]]
+        for r in runs
+        if r["label"] == label and r["metrics"]
+    ]
+    if not curves:
+        return None
+    length = min(len(c) for c in curves)
+    epochs = list(range(1, length + 1))
+    stats = [mean_std([c[i] for c in curves]) for i in range(length)]
+    return epochs, [s[0] for s in stats], [s[1] for s in stats]
+
+
+def plot_runs(runs: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``test_acc.png`` (test accuracy per epoch, mean and ±1 std band per variant) and, when a
+    run logged α, ``alpha.png`` (α per epoch). Returns the files written (none without
+    matplotlib)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    except ImportError:
+        return []
+    out_dir = Path(out_dir)
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    written = []
+    for key, scale, ylabel, name in (
+        ("test_acc", 100.0, "test accuracy (%)", PLOT_ACC),
+        ("alpha", 1.0, "α in use at the end of the epoch", PLOT_ALPHA),
+    ):
+        fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+        ax = fig.add_subplot()
+        drawn = False
+        for label in labels:
+            s = _series(runs, label, key, scale)
+            if s is None or all(math.isnan(v) for v in s[1]):
+                continue
+            epochs, mean, std = s
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+            if any(v > 0 for v in std):
+                lo = [m - d for m, d in zip(mean, std)]
+                hi = [m + d for m, d in zip(mean, std)]
+                ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            drawn = True
+        if not drawn:
+            continue
+        seeds = sorted({r["seed"] for r in runs})
+        title = (
+            f"seed {seeds[0]}"
+            if len(seeds) == 1
+            else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+        )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = out_dir / name
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
+        written.append(path)
+    return written

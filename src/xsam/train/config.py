@@ -1,0 +1,499 @@
+"""The configuration of one training run: a dataclass, its validation, JSON and presets.
+
+A run is fully described by a :class:`TrainConfig`; ``config.json`` in the run folder is its
+:meth:`~TrainConfig.to_dict`. Presets are named partial configs applied over the defaults;
+explicit values (command-line flags, a JSON file) are applied over the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import DATASETS, Augment
+from ..models import MODEL_NAMES
+
+__all__ = [
+    "AMP_MODES",
+    "AUGMENT_ALIASES",
+    "BASE_OPTIMIZERS",
+    "ConfigError",
+    "OPTIMIZERS",
+    "PAPER_ALPHA_GRID",
+    "PRESETS",
+    "PRESET_NOTES",
+    "SCHEDULES",
+    "TrainConfig",
+    "apply_overrides",
+    "parse_alpha",
+    "parse_alpha_every",
+    "parse_alpha_grid",
+    "parse_augment",
+    "parse_field",
+    "resolve_config",
+]
+
+OPTIMIZERS = ("sgd", "sam", "xsam")
+"""``sgd``: the base optimizer alone; ``sam``: (k-step, optionally adaptive) SAM; ``xsam``."""
+BASE_OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("off", "bf16", "fp16")
+AUGMENT_ALIASES = {"paper": "crop4+flip+cutout16@0.5", "none": ""}
+PAPER_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
+
+
+class ConfigError(ValueError):
+    """A configuration or a run folder that cannot be used; the message says why (one line)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run.
+
+    The defaults are the ``fmnist-sample-cnn`` preset: a small CNN on the Fashion-MNIST sample
+    embedded in the package, with the paper's optimizer hyperparameters (ALGORITHM.md §5).
+
+    Data:
+        dataset: one of :data:`xsam.data.DATASETS`. data_dir: where its files are (default:
+        ``$XSAM_DATA``, then the system locations). limit_train / limit_test: use only the first
+        N examples of a class-balanced random subset (fixed, independent of ``seed``), for tiny
+        runs. augment: ``"none"``, ``"paper"`` (= ``crop4+flip+cutout16@0.5``) or ``+``-joined
+        parts ``cropP`` (random crop with P pixels of zero padding), ``flip``, ``cutoutS`` or
+        ``cutoutS@p`` (S×S Cutout applied with probability p).
+    Model: model: one of :data:`xsam.models.MODEL_NAMES`.
+    Optimizer:
+        optimizer: ``sgd`` (the base optimizer alone), ``sam`` or ``xsam``. rho, steps (k),
+        adaptive, eta: the SAM-family ascent. alpha (``"auto"`` or a number), rho_max (``None``:
+        2·rho), alpha_grid (``None``: 0..2 step 0.1), alpha_every (``None``: search at the
+        first update of every epoch, as the paper; an int: every that many updates): XSAM's α.
+        base: ``sgd`` or ``adamw``, with lr, momentum (SGD only), weight_decay, nesterov.
+    Schedule: epochs, batch_size, schedule (``cosine`` to 0 or ``constant``, per update),
+        warmup_epochs (linear warm-up, may be fractional), label_smoothing.
+    Run: seed, device (``auto`` picks CUDA when present), threads (CPU threads; ``None``: torch's
+        default), amp (``off``, ``bf16``, ``fp16``: autocast, fp16 with a GradScaler),
+        eval_batch_size, out (the run folder; ``None``: write nothing), preset (the preset the
+        config came from, recorded for the reader).
+    """
+
+    dataset: str = "fashion-mnist-sample"
+    data_dir: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    augment: str = "crop2+flip"
+    model: str = "small_cnn"
+    optimizer: str = "xsam"
+    rho: float = 0.15
+    steps: int = 1
+    adaptive: bool = False
+    eta: float = 0.01
+    alpha: float | str = "auto"
+    rho_max: float | None = None
+    alpha_grid: list[float] | None = None
+    alpha_every: int | None = None
+    base: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    nesterov: bool = False
+    epochs: int = 10
+    batch_size: int = 125
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    amp: str = "off"
+    eval_batch_size: int = 1000
+    out: str | None = None
+    preset: str | None = field(default=None)
+
+    # ------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        d = dataclasses.asdict(self)
+        if d["alpha_grid"] is not None:
+            d["alpha_grid"] = list(d["alpha_grid"])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from a (possibly partial) dict; unknown keys raise :class:`ConfigError`."""
+        return apply_overrides(cls(), d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        """Read a config file (as written to ``config.json``)."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {path} should hold a JSON object")
+        return cls.from_dict(d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return apply_overrides(self, changes)
+
+    # ------------------------------------------------------------------ validation
+    def validated(self) -> TrainConfig:
+        """A normalised copy (canonical names, α and grid as numbers), or :class:`ConfigError`
+        naming the first invalid field, its rule and its value."""
+        c = dataclasses.replace(self)
+        c.dataset = _choice("dataset", _dataset_key(c.dataset), DATASETS)
+        c.model = _choice("model", str(c.model).lower(), MODEL_NAMES)
+        c.optimizer = _choice("optimizer", str(c.optimizer).lower(), OPTIMIZERS)
+        c.base = _choice("base", str(c.base).lower(), BASE_OPTIMIZERS)
+        c.schedule = _choice("schedule", str(c.schedule).lower(), SCHEDULES)
+        c.amp = _choice("amp", str(c.amp).lower(), AMP_MODES)
+        c.device = _device("device", c.device)
+        parse_augment(c.augment)
+        for name in ("rho", "eta", "weight_decay", "warmup_epochs", "label_smoothing"):
+            setattr(c, name, _number(name, getattr(c, name), low=0.0))
+        c.lr = _number("lr", c.lr, low=0.0, strict=True)
+        c.momentum = _number("momentum", c.momentum, low=0.0)
+        if c.momentum >= 1.0:
+            raise ConfigError(f"momentum should be in [0, 1) but is: {c.momentum}")
+        if c.label_smoothing >= 1.0:
+            raise ConfigError(f"label_smoothing should be in [0, 1) but is: {c.label_smoothing}")
+        # Resolved here so that config.json shows the values the run used.
+        if c.rho_max is None:
+            c.rho_max = 2.0 * c.rho
+        c.rho_max = _number("rho_max", c.rho_max, low=0.0, strict=c.rho > 0)
+        c.alpha = parse_alpha(c.alpha)
+        if c.alpha != "auto":
+            c.alpha_grid = None  # only searched with alpha='auto'
+        else:
+            c.alpha_grid = parse_alpha_grid(
+                list(PAPER_ALPHA_GRID) if c.alpha_grid is None else c.alpha_grid
+            )
+        for name in ("steps", "epochs", "batch_size", "eval_batch_size"):
+            setattr(c, name, _int(name, getattr(c, name)))
+        for name in ("alpha_every", "threads", "limit_train", "limit_test"):
+            if getattr(c, name) is not None:
+                setattr(c, name, _int(name, getattr(c, name)))
+        c.seed = _int("seed", c.seed, low=0)
+        for name in ("adaptive", "nesterov"):
+            if not isinstance(getattr(c, name), bool):
+                raise ConfigError(f"{name} should be true or false but is: {getattr(c, name)!r}")
+        if c.nesterov and (c.base != "sgd" or c.momentum == 0):
+            raise ConfigError("nesterov needs base 'sgd' with momentum > 0")
+        if c.warmup_epochs > c.epochs:
+            raise ConfigError(
+                f"warmup_epochs should be <= epochs ({c.epochs}) but is: {c.warmup_epochs}"
+            )
+        if c.optimizer == "xsam" and c.adaptive and c.eta <= 0:
+            raise ConfigError(f"eta should be > 0 for xsam with adaptive=true but is: {c.eta}")
+        for name in ("data_dir", "out", "preset"):
+            v = getattr(c, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{name} should be a string or null but is: {v!r}")
+        return c
+
+    @property
+    def augmentation(self) -> Augment:
+        return parse_augment(self.augment)
+
+
+# ---------------------------------------------------------------------- field parsers
+def _dataset_key(name: object) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    if key in ("cifar-10", "cifar-100"):
+        key = key.replace("-", "")
+    return {"tinyimagenet": "tiny-imagenet", "fmnist": "fashion-mnist"}.get(key, key)
+
+
+def _choice(name: str, value: str, accepted: tuple[str, ...]) -> str:
+    if value not in accepted:
+        raise ConfigError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+    return value
+
+
+def _device(name: str, value: object) -> str:
+    v = str(value).lower()
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ConfigError(f"unknown {name} {value!r}; accepted: auto, cpu, cuda, cuda:N")
+
+
+def _number(name: str, value: object, *, low: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} should be a number but is: {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or (v <= low if strict else v < low):
+        raise ConfigError(f"{name} should be {'>' if strict else '>='} {low:g} but is: {value!r}")
+    return v
+
+
+def _int(name: str, value: object, *, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(f"{name} should be an integer but is: {value!r}")
+    if value < low:
+        raise ConfigError(f"{name} should be >= {low} but is: {value}")
+    return value
+
+
+def parse_alpha(value: object) -> float | str:
+    """``"auto"`` or a finite number (strings like ``"0.5"`` accepted)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"alpha should be 'auto' or a number but is: {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"alpha should be 'auto' or a finite number but is: {value!r}")
+    return float(value)
+
+
+def parse_alpha_grid(value: object) -> list[float]:
+    """A list of numbers, ``"a,b,c"``, or ``"start:stop:step"`` (stop included)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if ":" in text:
+                start, stop, step = (float(t) for t in text.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                n = int(math.floor((stop - start) / step + 1e-9))
+                value = [round(start + i * step, 10) for i in range(n + 1)]
+            else:
+                value = [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"alpha_grid should be 'start:stop:step' or 'a,b,c' but is: {text!r}"
+            ) from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"alpha_grid should be a non-empty list of numbers but is: {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"alpha_grid should hold finite numbers but holds: {v!r}")
+        out.append(float(v))
+    return sorted(set(out))
+
+
+def parse_alpha_every(value: object) -> int | None:
+    """An integer >= 1, or ``None`` / ``"epoch"`` (search at each epoch start)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("epoch", "none")):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ConfigError(
+                f"alpha_every should be an integer >= 1 or 'epoch' but is: {value!r}"
+            ) from None
+    return _int("alpha_every", value)
+
+
+def parse_augment(spec: object) -> Augment:
+    """An :class:`xsam.data.Augment` from ``"none"``, ``"paper"`` or e.g. ``"crop4+flip"``."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"augment should be a string but is: {spec!r}")
+    text = AUGMENT_ALIASES.get(spec.strip().lower(), spec.strip().lower())
+    kw: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split("+"))):
+        try:
+            if part == "flip":
+                kw["flip"] = True
+            elif part.startswith("crop"):
+                kw["crop_padding"] = int(part[4:])
+            elif part.startswith("cutout"):
+                size, _, p = part[6:].partition("@")
+                kw["cutout_size"] = int(size)
+                kw["cutout_p"] = float(p) if p else 1.0
+            else:
+                raise ValueError
+            Augment(**kw)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"augment {spec!r}: cannot read {part!r}; use 'none', 'paper' or parts like "
+                "'crop4+flip+cutout16@0.5'"
+            ) from None
+    return Augment(**kw) if kw else Augment()
+
+
+def _optional(parse: Any) -> Any:
+    def parse_opt(value: object) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return parse(value)
+
+    return parse_opt
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false but got: {value!r}")
+
+
+def _typed(kind: type) -> Any:
+    def parse(value: object) -> Any:
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                raise ConfigError(f"expected {kind.__name__} but got: {value!r}") from None
+        return value  # type-checked by validated()
+
+    return parse
+
+
+_PARSERS: dict[str, Any] = {
+    "dataset": str,
+    "data_dir": _optional(str),
+    "limit_train": _optional(_typed(int)),
+    "limit_test": _optional(_typed(int)),
+    "augment": str,
+    "model": str,
+    "optimizer": str,
+    "rho": _typed(float),
+    "steps": _typed(int),
+    "adaptive": _bool,
+    "eta": _typed(float),
+    "alpha": parse_alpha,
+    "rho_max": _optional(_typed(float)),
+    "alpha_grid": _optional(parse_alpha_grid),
+    "alpha_every": parse_alpha_every,
+    "base": str,
+    "lr": _typed(float),
+    "momentum": _typed(float),
+    "weight_decay": _typed(float),
+    "nesterov": _bool,
+    "epochs": _typed(int),
+    "batch_size": _typed(int),
+    "schedule": str,
+    "warmup_epochs": _typed(float),
+    "label_smoothing": _typed(float),
+    "seed": _typed(int),
+    "device": str,
+    "threads": _optional(_typed(int)),
+    "amp": str,
+    "eval_batch_size": _typed(int),
+    "out": _optional(str),
+    "preset": _optional(str),
+}
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+assert set(_PARSERS) == set(FIELD_NAMES)  # a developer check, not user input
+
+
+def parse_field(name: str, value: object) -> Any:
+    """Convert ``value`` (a string from the command line, or a JSON value) for field ``name``."""
+    if name not in _PARSERS:
+        raise ConfigError(f"unknown config key {name!r}; accepted: {', '.join(FIELD_NAMES)}")
+    try:
+        return _PARSERS[name](value)
+    except ConfigError as exc:
+        if str(exc).startswith(name):
+            raise
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """A copy of ``config`` with ``overrides`` (field name -> value) applied; keys may use
+    ``-`` for ``_``. Unknown keys raise :class:`ConfigError`."""
+    changes = {}
+    for key, value in overrides.items():
+        name = str(key).replace("-", "_")
+        changes[name] = parse_field(name, value)
+    return dataclasses.replace(config, **changes)
+
+
+# ---------------------------------------------------------------------- presets
+_PAPER: dict[str, Any] = {
+    "optimizer": "xsam",
+    "base": "sgd",
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 1e-3,
+    "nesterov": False,
+    "schedule": "cosine",
+    "warmup_epochs": 0.0,
+    "epochs": 200,
+    "batch_size": 125,
+    "rho": 0.15,
+    "rho_max": None,  # 2·rho = 0.30, the paper's value; follows rho when rho is overridden
+    "alpha": "auto",
+    "alpha_grid": list(PAPER_ALPHA_GRID),
+    "alpha_every": None,
+    "steps": 1,
+    "adaptive": False,
+    "augment": "paper",
+    "label_smoothing": 0.0,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {}
+PRESET_NOTES: dict[str, str] = {}
+for _ds, _tag in (("cifar10", "cifar10"), ("cifar100", "cifar100")):
+    for _model, _mtag in (
+        ("resnet18", "resnet18"),
+        ("vgg11_bn", "vgg11bn"),
+        ("densenet121", "densenet121"),
+        ("resnet50", "resnet50"),
+    ):
+        PRESETS[f"{_tag}-{_mtag}"] = {**_PAPER, "dataset": _ds, "model": _model}
+        PRESET_NOTES[f"{_tag}-{_mtag}"] = "paper setup (ALGORITHM.md §5), needs the data and a GPU"
+PRESETS["tinyimagenet-resnet18"] = {**_PAPER, "dataset": "tiny-imagenet", "model": "resnet18"}
+PRESET_NOTES["tinyimagenet-resnet18"] = "paper setup at 32×32, needs the data and a GPU"
+PRESETS["fmnist-sample-cnn"] = {
+    **_PAPER,
+    "dataset": "fashion-mnist-sample",
+    "model": "small_cnn",
+    "epochs": 10,
+    "augment": "crop2+flip",
+}
+PRESET_NOTES["fmnist-sample-cnn"] = (
+    "embedded 10k/2k Fashion-MNIST sample, small CNN; about 1 min per optimizer on 2 CPU cores"
+)
+PRESETS["fmnist-resnet20"] = {
+    **_PAPER,
+    "dataset": "fashion-mnist",
+    "model": "resnet20",
+    "epochs": 10,
+    "batch_size": 128,
+    "augment": "crop2+flip",
+}
+PRESET_NOTES["fmnist-resnet20"] = (
+    "full Fashion-MNIST, ResNet-20; about 2 min/epoch (SGD) to 4 min/epoch (SAM, XSAM) on "
+    "2 CPU cores"
+)
+for _name, _p in PRESETS.items():
+    _p["preset"] = _name
+
+
+def resolve_config(
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """``base`` (default :class:`TrainConfig()`), then the preset's values, then ``overrides``.
+    Not yet validated (call :meth:`TrainConfig.validated`)."""
+    config = base if base is not None else TrainConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; accepted: {', '.join(PRESETS)}")
+        config = apply_overrides(config, PRESETS[preset])
+    if overrides:
+        config = apply_overrides(config, overrides)
+    return config
