@@ -311,3 +311,32 @@ def test_perturbation_argument_validation():
         xsam.XSAM(m.parameters(), torch.optim.SGD, lr=0.1, perturbation="ring")
     with pytest.raises(ValueError, match="DistributedDataParallel"):
         xsam.XSAM(m.parameters(), torch.optim.SGD, lr=0.1, perturbation="local")
+
+
+def test_torchrun_cli_trains_and_resumes_on_two_processes(tmp_path):
+    """`torchrun --nproc_per_node=2 -m xsam train`: rank 0 writes the run folder, the data is
+    sharded per rank, and --resume continues on both ranks."""
+    import json
+    import subprocess
+
+    out = tmp_path / "run"
+    base = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={_free_port()}", "-m", "xsam", "train",
+        "--preset", "fmnist-sample-cnn", "--limit-train", "200", "--limit-test", "100",
+        "--epochs", "2", "--batch-size", "50", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    first = subprocess.run(
+        base + ["--stop-after", "1"], capture_output=True, text=True, env=env, timeout=240
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("stopped after epoch 1") == 1  # only rank 0 speaks
+    second = subprocess.run(
+        base + ["--resume"], capture_output=True, text=True, env=env, timeout=240
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert json.loads((out / "run.json").read_text())["processes"] == 2
+    assert json.loads((out / "config.json").read_text())["perturbation"] == "local"

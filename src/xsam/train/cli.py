@@ -8,6 +8,7 @@ stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -66,6 +67,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "rho_max": ("R", "radius of the α search probes (default 2·ρ)"),
     "alpha_grid": ("GRID", "α values searched: start:stop:step or a,b,c (default 0:2:0.1)"),
     "alpha_every": ("N", "search α every N updates, or 'epoch' (default: at each epoch start)"),
+    "perturbation": ("MODE", "under torchrun: local (per-rank ascent, default) or global"),
     "base": ("NAME", f"base optimizer: {', '.join(BASE_OPTIMIZERS)}"),
     "lr": ("LR", "peak learning rate"),
     "momentum": ("M", "SGD momentum"),
@@ -213,7 +215,8 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     if ns.resume and (out / CONFIG).is_file():
         # The saved config is the base; flags given now must agree with it (checked by train).
         config = _config_from_args(ns, TrainConfig.from_json(out / CONFIG)).replace(out=str(out))
-    log = _printer(ns.quiet)
+    # under torchrun only rank 0 speaks
+    log = _printer(ns.quiet or os.environ.get("RANK", "0") != "0")
     result = train(
         config,
         resume=ns.resume,

@@ -95,6 +95,7 @@ class TrainConfig:
     rho_max: float | None = None
     alpha_grid: list[float] | None = None
     alpha_every: int | None = None
+    perturbation: str = "local"
     base: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -157,6 +158,7 @@ class TrainConfig:
         c.base = _choice("base", str(c.base).lower(), BASE_OPTIMIZERS)
         c.schedule = _choice("schedule", str(c.schedule).lower(), SCHEDULES)
         c.amp = _choice("amp", str(c.amp).lower(), AMP_MODES)
+        c.perturbation = _choice("perturbation", str(c.perturbation).lower(), ("local", "global"))
         c.device = _device("device", c.device)
         parse_augment(c.augment)
         for name in ("rho", "eta", "weight_decay", "warmup_epochs", "label_smoothing"):
@@ -376,6 +378,7 @@ _PARSERS: dict[str, Any] = {
     "rho_max": _optional(_typed(float)),
     "alpha_grid": _optional(parse_alpha_grid),
     "alpha_every": parse_alpha_every,
+    "perturbation": str,
     "base": str,
     "lr": _typed(float),
     "momentum": _typed(float),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import random
 import sys
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from .. import SAM, XSAM, __version__
 from ..data import BatchLoader, load_dataset
 from ..models import build_model
-from ..policies import NormStatsSnapshot, frozen_norm_stats
+from ..policies import NormStatsSnapshot
 from .checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -66,6 +67,66 @@ seeds (and different optimizers) see the same examples."""
 
 RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset"})
 """Config fields a resumed run may change: they do not change the results (on one device)."""
+
+
+# ---------------------------------------------------------------------- processes
+class _Ranks:
+    """This process's place under ``torchrun`` (rank 0 of 1 otherwise)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, owned: bool = False) -> None:
+        self.rank, self.world, self.owned = rank, world, owned
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum_(self, *tensors: torch.Tensor) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for t in tensors:
+                dist.all_reduce(t)
+
+    def align_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics, which each rank's clean pass updates from
+        its own batch) on every rank, so that evaluation and checkpoints agree."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for b in model.buffers():
+                dist.broadcast(b, src=0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _init_ranks(device_name: str) -> _Ranks:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1): NCCL when the run
+    uses CUDA, gloo otherwise. A group that already exists is used as it is."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Ranks()
+    import torch.distributed as dist
+
+    owned = False
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and not str(device_name).startswith("cpu")
+        dist.init_process_group("nccl" if cuda else "gloo")
+        owned = True
+    return _Ranks(dist.get_rank(), dist.get_world_size(), owned)
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -120,7 +181,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer ``config`` describes, over ``model``'s parameters."""
+    """The optimizer ``config`` describes, over ``model``'s parameters (``model`` may be a
+    ``DistributedDataParallel`` wrapper: the perturbation mode then applies)."""
     base_cls: type[torch.optim.Optimizer]
     base_kw: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.base == "sgd":
@@ -132,7 +194,11 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     try:
         if config.optimizer == "sgd":
             return base_cls(params, **base_kw)
-        sam_kw = dict(rho=config.rho, steps=config.steps, adaptive=config.adaptive, eta=config.eta)
+        sam_kw: dict[str, Any] = dict(
+            rho=config.rho, steps=config.steps, adaptive=config.adaptive, eta=config.eta
+        )
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            sam_kw["perturbation"] = config.perturbation
         if config.optimizer == "sam":
             return SAM(params, base_cls, model=model, **sam_kw, **base_kw)
         return XSAM(
@@ -247,13 +313,24 @@ def train(
         xsam.data.DataError: the data set cannot be found or read.
     """
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    ranks = _init_ranks(str(config.device))
     try:
         return _train(
-            config, resume=resume, force=force, stop_after=stop_after, log=log, progress=progress
+            config,
+            resume=resume,
+            force=force,
+            stop_after=stop_after,
+            log=log if ranks.main else None,
+            progress=progress and ranks.main,
+            ranks=ranks,
         )
     finally:  # the thread count and cuDNN autotuning apply to this run only
         torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = benchmark
+        if ranks.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _train(
@@ -264,12 +341,49 @@ def _train(
     stop_after: int | None,
     log: Callable[[str], None] | None,
     progress: bool,
+    ranks: _Ranks | None = None,
 ) -> dict[str, Any]:
+    ranks = ranks or _Ranks()
     cfg = config.validated()
     say = log or (lambda s: None)
     run_dir = Path(cfg.out) if cfg.out is not None else None
     device = resolve_device(cfg.device)
+    if ranks.world > 1:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if cfg.batch_size % ranks.world:
+            raise ConfigError(
+                f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
+                f"({ranks.world}): it is the global batch, split evenly over the ranks"
+            )
+    # Rank 0 owns the run folder; the others follow its decision (or its error).
+    outcome: Any = None
+    if ranks.main:
+        try:
+            outcome = _open_run(cfg, run_dir, resume=resume, force=force, say=say)
+        except ConfigError as exc:
+            outcome = exc
+    outcome = ranks.share(outcome)
+    if isinstance(outcome, ConfigError):
+        raise outcome
+    mode, done = outcome
+    if done is not None:
+        return _result(cfg, done, complete=True, resumed_from=len(done), model=None)
+    return _train_body(
+        cfg, run_dir, mode, device, ranks, say, progress and log is not None, stop_after
+    )
 
+
+def _open_run(
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    *,
+    resume: bool,
+    force: bool,
+    say: Callable[[str], None],
+) -> tuple[str, list[dict[str, Any]] | None]:
+    """``(mode, metrics of a run already complete or None)`` after preparing the folder."""
     mode = "new"
     if run_dir is not None:
         status, saved, _ = run_status(run_dir)
@@ -286,7 +400,21 @@ def _train(
         if mode == "resume" and status == "complete":
             metrics = read_metrics(run_dir)
             say(f"{run_dir}: already complete ({len(metrics)} epochs)")
-            return _result(cfg, metrics, complete=True, resumed_from=len(metrics), model=None)
+            return mode, metrics
+    return mode, None
+
+
+def _train_body(
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    mode: str,
+    device: torch.device,
+    ranks: _Ranks,
+    say: Callable[[str], None],
+    progress: bool,
+    stop_after: int | None,
+) -> dict[str, Any]:
+    writer = run_dir if ranks.main else None  # only rank 0 writes
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -305,7 +433,9 @@ def _train(
     loader = BatchLoader(
         train_x,
         train_y,
-        cfg.batch_size,
+        cfg.batch_size // ranks.world,
+        rank=ranks.rank,
+        world_size=ranks.world,
         shuffle=True,
         augment=cfg.augmentation,
         mean=data.mean,
@@ -329,7 +459,12 @@ def _train(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.image_shape[0])
     model.to(device)
-    opt = build_optimizer(cfg, model)
+    net: nn.Module = model  # what the training passes call; DDP under torchrun
+    if ranks.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = build_optimizer(cfg, net)
     is_sam = isinstance(opt, (SAM, XSAM))
     is_xsam = isinstance(opt, XSAM)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -350,6 +485,7 @@ def _train(
     metrics: list[dict[str, Any]] = []
     start_epoch, global_step, skipped_plain = 0, 0, 0
     info = _run_info(device, data, model, len(train_y))
+    info["processes"] = ranks.world
     if mode == "resume":
         assert run_dir is not None
         ckpt = load_checkpoint(run_dir / CHECKPOINT)
@@ -371,13 +507,14 @@ def _train(
         start_epoch = int(ckpt["epoch"])
         global_step = int(ckpt["scheduler"]["step"])
         skipped_plain = int(ckpt.get("skipped_plain", 0))
-        write_metrics(run_dir, metrics)  # in case they lag behind the checkpoint
-        old = _read_json(run_dir / RUN_INFO)
-        old.setdefault("resumed", []).append({k: info[k] for k in ("argv", "started", "host")})
-        info = {**old, "device": info["device"], "threads": info["threads"]}
-        atomic_write_text(run_dir / RUN_INFO, _to_json(info))
+        if writer is not None:
+            write_metrics(run_dir, metrics)  # in case they lag behind the checkpoint
+            old = _read_json(run_dir / RUN_INFO)
+            old.setdefault("resumed", []).append({k: info[k] for k in ("argv", "started", "host")})
+            info = {**old, "device": info["device"], "threads": info["threads"]}
+            atomic_write_text(run_dir / RUN_INFO, _to_json(info))
         say(f"{run_dir}: resuming after epoch {start_epoch}/{cfg.epochs}")
-    elif run_dir is not None:
+    elif writer is not None:
         atomic_write_text(run_dir / CONFIG, cfg.to_json())
         atomic_write_text(run_dir / RUN_INFO, _to_json(info))
     resumed_from = start_epoch if mode == "resume" else None
@@ -387,7 +524,7 @@ def _train(
 
     def sam_closure_update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def closure() -> torch.Tensor:
-            out = model(x)
+            out = net(x)
             loss = criterion(out, y)
             if torch.is_grad_enabled():
                 loss.backward()
@@ -400,7 +537,7 @@ def _train(
     def sam_amp_update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def forward() -> tuple[torch.Tensor, torch.Tensor]:
             with autocast():
-                out = model(x)
+                out = net(x)
                 return criterion(out, y), out
 
         def probe() -> torch.Tensor:
@@ -410,12 +547,13 @@ def _train(
         assert snapshot is not None
         snapshot.save()
         opt.zero_grad(set_to_none=True)
-        loss, out = forward()
+        with opt.clean_pass():  # type: ignore[attr-defined]
+            loss, out = forward()
+            scaler.scale(loss).backward()
         clean_out.append(out.detach())
-        scaler.scale(loss).backward()
         for _ in range(opt.steps):  # type: ignore[attr-defined]
             opt.ascent_step()  # type: ignore[attr-defined]
-            with frozen_norm_stats(model):
+            with opt.perturbed_pass():  # type: ignore[attr-defined]
                 scaler.scale(forward()[0]).backward()
         ok = opt.descent_step(loss_fn=probe, scaler=scaler)  # type: ignore[attr-defined]
         scaler.update()
@@ -426,7 +564,7 @@ def _train(
     def plain_update(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
         opt.zero_grad(set_to_none=True)
         with autocast():
-            out = model(x)
+            out = net(x)
             loss = criterion(out, y)
         clean_out.append(out.detach())
         scaler.scale(loss).backward()
@@ -442,7 +580,7 @@ def _train(
 
     # ---- the epochs
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-    show = tqdm.write if progress and log is not None else say
+    show = tqdm.write if progress else say
     wall = metrics[-1]["wall_s"] if metrics else 0.0
     for epoch in range(start_epoch, last_epoch):
         model.train()
@@ -493,6 +631,10 @@ def _train(
                 bar.set_postfix(loss=f"{float(loss):.4f}")
         train_time = time.perf_counter() - t0
         bar.close()
+        seen_t = torch.tensor(seen, dtype=torch.int64, device=device)
+        ranks.sum_(loss_sum, correct, seen_t)  # train metrics over every rank's share
+        seen = int(seen_t)
+        ranks.align_buffers(model)
         t1 = time.perf_counter()
         test_loss, test_acc = evaluate(model, test_loader, autocast)
         eval_time = time.perf_counter() - t1
@@ -516,7 +658,7 @@ def _train(
             "wall_s": wall,
         }
         metrics.append(row)
-        if run_dir is not None:
+        if writer is not None:
             ckpt = {
                 "format": 1,
                 "epoch": epoch + 1,
@@ -538,8 +680,9 @@ def _train(
                 "data_fingerprint": info["data_fingerprint"],
                 "xsam_version": __version__,
             }
-            atomic_save(ckpt, run_dir / CHECKPOINT)
-            write_metrics(run_dir, metrics)
+            atomic_save(ckpt, writer / CHECKPOINT)
+            write_metrics(writer, metrics)
+        ranks.barrier()  # a resume on any rank reads a finished checkpoint
         show(_epoch_line(row, cfg.epochs))
     return _result(
         cfg, metrics, complete=len(metrics) >= cfg.epochs, resumed_from=resumed_from, model=model
