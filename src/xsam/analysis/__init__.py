@@ -24,11 +24,14 @@ from .directions import (
 )
 from .landscape import plane_landscape
 from .plots import plot_cosines, plot_plane_landscape
+from .runs import checkpoint_paths, probe_run
 from .sharpness import hessian_top_eigenvalue, worst_case_sharpness
 from .vectors import FlatModel
 
 __all__ = [
     "FlatModel",
+    "checkpoint_paths",
+    "probe_run",
     "claims_summary",
     "cosine_record",
     "flatten_result",

@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
 from ..data import DATASETS, DataError
 from ..models import MODEL_NAMES
 from .checkpoint import CONFIG
@@ -83,6 +85,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "threads": ("N", "CPU threads for torch (default: torch's choice)"),
     "amp": ("MODE", f"mixed precision: {', '.join(AMP_MODES)} (fp16 uses a GradScaler)"),
     "eval_batch_size": ("B", "batch size of the evaluation"),
+    "keep_checkpoints": (None, "also keep checkpoints/epochNNN.pt (weights) for `xsam probe`"),
 }
 
 
@@ -166,6 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="print only the table")
 
     sub.add_parser("presets", help="list the named presets", allow_abbrev=False)
+
+    pr = sub.add_parser(
+        "probe",
+        help="measure the paper's direction claims on a run's kept checkpoints",
+        description="For every checkpoint kept by `xsam train --keep-checkpoints`: cosines "
+        "of g0, g_k@θ0 (k = 1..K) and XSAM's v(α*) to the direction u* of the loss maximum on "
+        "the ρ_max sphere, on a fixed training subset; writes probe.jsonl and cosines.png.",
+        allow_abbrev=False,
+    )
+    pr.add_argument("run", metavar="RUN_DIR", help="a run folder")
+    pr.add_argument("--epochs", metavar="LIST", default=None, help="e.g. 1,5,10 (default: all)")
+    pr.add_argument("--examples", metavar="N", type=int, default=250,
+                    help="size of the fixed training subset (default 250)")  # fmt: skip
+    pr.add_argument("--rho", metavar="R", type=float, default=None, help="default: the run's ρ")
+    pr.add_argument("--rho-max", metavar="R", type=float, default=None,
+                    help="default: the run's ρ_max")  # fmt: skip
+    pr.add_argument("--k", metavar="K", type=int, default=3, help="largest k probed (default 3)")
+    pr.add_argument("--starts", metavar="N", type=int, default=2,
+                    help="random starts of the u* search, besides every candidate")  # fmt: skip
+    pr.add_argument("--iters", metavar="N", type=int, default=40,
+                    help="projected ascent iterations per start (default 40)")  # fmt: skip
+    pr.add_argument("--sharpness", action="store_true",
+                    help="also the Hessian's top eigenvalue and the worst-case loss increase")  # fmt: skip
+    pr.add_argument("--landscape", action="store_true",
+                    help="also the v0-v1 plane landscape of the last epoch (plane.png)")  # fmt: skip
+    pr.add_argument("--out", metavar="DIR", default=None, help="default: RUN_DIR/probe")
+    pr.add_argument("--threads", metavar="N", type=int, default=None, help="CPU threads")
+    pr.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
 
@@ -316,6 +347,42 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return _run_compare(base, variants, seeds, out, force=False, quiet=ns.quiet)
 
 
+def _cmd_probe(ns: argparse.Namespace) -> int:
+    from ..analysis.runs import probe_run
+
+    epochs = None
+    if ns.epochs is not None:
+        try:
+            epochs = [int(e) for e in str(ns.epochs).split(",") if e.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--epochs should be a list like 1,5,10 but is: {ns.epochs!r}"
+            ) from None
+    for name in ("examples", "k", "starts", "iters"):
+        if getattr(ns, name) < 1:
+            raise ConfigError(f"--{name} should be >= 1 but is: {getattr(ns, name)}")
+    if ns.threads is not None:
+        torch.set_num_threads(ns.threads)
+    records = probe_run(
+        ns.run,
+        epochs=epochs,
+        examples=ns.examples,
+        rho=ns.rho,
+        rho_max=ns.rho_max,
+        max_steps_k=ns.k,
+        sharpness=ns.sharpness,
+        landscape=ns.landscape,
+        out=ns.out,
+        log=_printer(ns.quiet),
+        n_starts=ns.starts,
+        ascent_iters=ns.iters,
+    )
+    if not ns.quiet:
+        where = ns.out or str(Path(ns.run) / "probe")
+        print(f"probed {len(records)} checkpoint(s); wrote {where}/probe.jsonl, cosines.png")
+    return 0
+
+
 def _cmd_presets(ns: argparse.Namespace) -> int:
     width = max(map(len, PRESETS))
     for name in PRESETS:
@@ -333,6 +400,7 @@ _COMMANDS = {
     "compare": _cmd_compare,
     "demo": _cmd_demo,
     "presets": _cmd_presets,
+    "probe": _cmd_probe,
 }
 
 

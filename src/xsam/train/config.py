@@ -111,6 +111,7 @@ class TrainConfig:
     threads: int | None = None
     amp: str = "off"
     eval_batch_size: int = 1000
+    keep_checkpoints: bool = False
     out: str | None = None
     preset: str | None = field(default=None)
 
@@ -186,7 +187,7 @@ class TrainConfig:
             if getattr(c, name) is not None:
                 setattr(c, name, _int(name, getattr(c, name)))
         c.seed = _int("seed", c.seed, low=0)
-        for name in ("adaptive", "nesterov"):
+        for name in ("adaptive", "nesterov", "keep_checkpoints"):
             if not isinstance(getattr(c, name), bool):
                 raise ConfigError(f"{name} should be true or false but is: {getattr(c, name)!r}")
         if c.nesterov and (c.base != "sgd" or c.momentum == 0):
@@ -394,6 +395,7 @@ _PARSERS: dict[str, Any] = {
     "threads": _optional(_typed(int)),
     "amp": str,
     "eval_batch_size": _typed(int),
+    "keep_checkpoints": _bool,
     "out": _optional(str),
     "preset": _optional(str),
 }

@@ -65,7 +65,7 @@ SUBSET_SEED = 0
 """Seed of the ``limit_train`` / ``limit_test`` subsets: fixed, so that runs with different
 seeds (and different optimizers) see the same examples."""
 
-RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset"})
+RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset", "keep_checkpoints"})
 """Config fields a resumed run may change: they do not change the results (on one device)."""
 
 
@@ -681,6 +681,10 @@ def _train_body(
                 "xsam_version": __version__,
             }
             atomic_save(ckpt, writer / CHECKPOINT)
+            if cfg.keep_checkpoints:  # weights only, for the analysis tools (xsam probe)
+                keep = {"format": 1, "epoch": epoch + 1, "model": ckpt["model"]}
+                (writer / "checkpoints").mkdir(exist_ok=True)
+                atomic_save(keep, writer / "checkpoints" / f"epoch{epoch + 1:03d}.pt")
             write_metrics(writer, metrics)
         ranks.barrier()  # a resume on any rank reads a finished checkpoint
         show(_epoch_line(row, cfg.epochs))
