@@ -6,18 +6,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..optim._core import _check_number
 from .vectors import LossFn
 
 
 def real(name: str, value: Any, *, low: float = -math.inf, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
-    value = float(value)
-    bad = not math.isfinite(value) or (value <= low if strict else value < low)
-    if bad:
-        rule = f"> {low:g}" if strict else f">= {low:g}"
-        raise ValueError(f"{name} must be finite and {rule}, got {value!r}")
-    return value
+    return _check_number(name, value, low=low, strict=strict)  # the optimizers' own rule
 
 
 def integer(name: str, value: Any, *, low: int) -> int:
