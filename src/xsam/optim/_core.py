@@ -71,8 +71,6 @@ class SAMFamily(Optimizer):
 
     Subclasses implement :meth:`_descent` (write ``d`` into the gradients, θ still at θ_k)."""
 
-    _default_eta = 0.01
-
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
