@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import xsam
 from xsam.train import (
@@ -194,6 +195,50 @@ def test_train_tiny_each_optimizer(optimizer):
     assert isinstance(result["model"], torch.nn.Module)
 
 
+def test_validation_split_is_held_out_balanced_and_evaluated(monkeypatch):
+    from xsam.data import load_dataset
+    from xsam.train import loop
+
+    seen = []  # the (x, y, shuffle) of every loader the run builds
+    real = loop.BatchLoader
+
+    def recording(x, y, *args, **kw):
+        seen.append((x, y, kw.get("shuffle")))
+        return real(x, y, *args, **kw)
+
+    monkeypatch.setattr(loop, "BatchLoader", recording)
+    config = tiny(optimizer="sgd", val_size=200, limit_train=None, epochs=1)
+    result = train(config)
+    data = load_dataset(config.dataset)
+    [(tx, ty, _)] = [s for s in seen if s[2]]  # the one shuffled loader: training
+    [(vx, vy, _)] = [s for s in seen if not s[2] and len(s[1]) == 200]  # validation
+    n = len(data.train_y)
+    assert len(ty) == n - 200 and len(vy) == 200
+    idx = balanced_subset(data.train_y, 200, seed=loop.VAL_SEED)
+    assert torch.equal(vx, data.train_x[idx]) and torch.equal(vy, data.train_y[idx])
+    assert torch.bincount(vy, minlength=10).tolist() == [20] * 10
+    # the training set is the rest: the class counts add up to the full set's
+    assert torch.equal(
+        torch.bincount(ty, minlength=10) + torch.bincount(vy, minlength=10),
+        torch.bincount(data.train_y, minlength=10),
+    )
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[idx] = False
+    assert torch.equal(tx, data.train_x[keep])
+    # val_acc is the returned model's accuracy on those examples (independent evaluation)
+    model = result["model"].eval()
+    with torch.no_grad():
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (data.mean, data.std))
+        logits = model((vx.float() / 255.0 - mean) / std)
+    m = result["metrics"][-1]
+    assert m["val_acc"] == int((logits.argmax(1) == vy).sum()) / 200
+    assert m["val_loss"] == pytest.approx(F.cross_entropy(logits, vy).item(), rel=1e-5)
+    assert result["final_val_acc"] == m["val_acc"]
+    assert train(tiny(optimizer="sgd", epochs=1))["metrics"][-1]["val_acc"] is None
+    with pytest.raises(ConfigError, match="val_size should be < the 10000 training examples"):
+        train(tiny(val_size=10_000))
+
+
 def test_train_is_deterministic_and_seed_matters():
     a = train(tiny(optimizer="sam", epochs=1))
     b = train(tiny(optimizer="sam", epochs=1))
@@ -329,13 +374,19 @@ def test_atomic_save_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- compare
-def _fake_run(root, name, label_cfg, accs, walls, alphas=None, epochs=None):
+def _fake_run(root, name, label_cfg, accs, walls, alphas=None, epochs=None, vals=None):
     run = root / name
     run.mkdir(parents=True)
     config = TrainConfig(epochs=epochs or len(accs), **label_cfg)
     (run / "config.json").write_text(config.to_json())
     rows = [
-        {"epoch": i + 1, "test_acc": a, "wall_s": w, "alpha": alphas[i] if alphas else None}
+        {
+            "epoch": i + 1,
+            "test_acc": a,
+            "val_acc": vals[i] if vals else None,
+            "wall_s": w,
+            "alpha": alphas[i] if alphas else None,
+        }
         for i, (a, w) in enumerate(zip(accs, walls))
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -366,6 +417,27 @@ def test_compare_aggregation_math(tmp_path):
     files = cmp.plot_runs(cmp.load_runs(tmp_path), tmp_path)
     assert [f.name for f in files] == ["test_acc.png", "alpha.png"]
     assert all(f.read_bytes()[:4] == b"\x89PNG" for f in files)
+
+
+def test_compare_validation_column(tmp_path):
+    _fake_run(tmp_path, "a0", {"optimizer": "sam", "rho": 0.01}, [0.8], [1.0], vals=[0.70])
+    _fake_run(tmp_path, "a1", {"optimizer": "sam", "rho": 0.01}, [0.8], [1.0], vals=[0.74])
+    _fake_run(tmp_path, "b0", {"optimizer": "sam", "rho": 0.1}, [0.9], [1.0], vals=[0.60])
+    runs = [("sam:rho=0.01", 0, "a0"), ("sam:rho=0.01", 1, "a1"), ("sam:rho=0.1", 0, "b0")]
+    manifest = {"runs": [{"label": lb, "seed": s, "dir": d} for lb, s, d in runs]}
+    (tmp_path / "compare.json").write_text(json.dumps(manifest))
+    a, b = cmp.aggregate(cmp.load_runs(tmp_path))
+    assert a["final_val_acc"] == (pytest.approx(72.0), pytest.approx(math.sqrt(8.0)))
+    assert b["final_val_acc"] == (pytest.approx(60.0), 0.0)
+    table = cmp.format_table([a, b]).splitlines()
+    assert table[0].startswith("| optimizer | runs | final val acc (%) | final test acc (%) |")
+    assert (
+        table[2]
+        == "| sam:rho=0.01 | 2 | 72.00 ± 2.83 | 80.00 ± 0.00 | 80.00 ± 0.00 | – | 1.0 ± 0.0 |"
+    )
+    assert table[3] == "| sam:rho=0.1 | 1 | 60.00 | 90.00 | 90.00 | – | 1.0 |"
+    # without validation sets the column is left out
+    assert "val" not in cmp.format_table([{**a, "final_val_acc": None}])
 
 
 def test_parse_variants_and_seeds():

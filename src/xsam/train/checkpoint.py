@@ -55,6 +55,8 @@ METRIC_KEYS = (
     "train_acc",
     "test_loss",
     "test_acc",
+    "val_loss",
+    "val_acc",
     "alpha",
     "psi",
     "g0_norm",
@@ -69,6 +71,7 @@ METRIC_KEYS = (
 )
 """Columns of ``metrics.csv``. Accuracies are fractions in [0, 1]; ``psi``, ``g0_norm`` and
 ``gk_norm`` are means over the epoch's updates; ``alpha`` is the α in use at the epoch's end;
+``val_loss`` / ``val_acc`` are empty without a validation set (``val_size``);
 ``lr`` the learning rate of the epoch's first update; ``epoch_time_s`` the training time of the
 epoch (``eval_time_s`` the evaluation's); ``wall_s`` the run's total of both so far;
 ``skipped_updates`` the run's total so far."""

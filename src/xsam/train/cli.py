@@ -58,6 +58,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "data_dir": ("DIR", "folder holding the data set's files (default: $XSAM_DATA, system dirs)"),
     "limit_train": ("N", "train on N examples only (a fixed class-balanced subset)"),
     "limit_test": ("N", "evaluate on N test examples only (a fixed class-balanced subset)"),
+    "val_size": ("N", "hold out N training examples as a validation set (val acc each epoch)"),
     "augment": ("SPEC", "none, paper (= crop4+flip+cutout16@0.5) or e.g. crop2+flip"),
     "model": ("NAME", f"model: {', '.join(MODEL_NAMES)}"),
     "optimizer": ("NAME", f"{', '.join(OPTIMIZERS)} (sgd = the base optimizer alone)"),
@@ -261,7 +262,12 @@ def _cmd_train(ns: argparse.Namespace) -> int:
         log(
             f"{status}: final test acc {_pct(result['final_test_acc'])} (best "
             f"{_pct(result['best_test_acc'])} at epoch {result['best_epoch']}), "
-            f"{result['wall_s']:.1f} s; run folder {out}"
+            + (
+                f"final val acc {_pct(result['final_val_acc'])}, "
+                if result["final_val_acc"] is not None
+                else ""
+            )
+            + f"{result['wall_s']:.1f} s; run folder {out}"
         )
     return 0
 

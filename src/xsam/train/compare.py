@@ -237,13 +237,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per variant label (in first-seen order) over its complete runs: ``n``,
-    ``final_acc`` / ``best_acc`` / ``wall_s`` / ``alpha`` as ``(mean, std)``; accuracies in %."""
+    ``final_acc`` / ``best_acc`` / ``wall_s`` / ``alpha`` as ``(mean, std)``, and
+    ``final_val_acc`` (``None`` unless every run has a validation set); accuracies in %."""
     labels = list(dict.fromkeys(r["label"] for r in runs))
     rows = []
     for label in labels:
         done = [r for r in runs if r["label"] == label and r["complete"] and r["metrics"]]
         finals = [100.0 * r["metrics"][-1]["test_acc"] for r in done]
         bests = [100.0 * max(m["test_acc"] for m in r["metrics"]) for r in done]
+        vals = [100.0 * r["metrics"][-1]["val_acc"] for r in done if _has_val(r)]
         walls = [r["metrics"][-1]["wall_s"] for r in done]
         alphas = [
             r["metrics"][-1]["alpha"] for r in done if r["metrics"][-1].get("alpha") is not None
@@ -256,11 +258,16 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seeds": [r["seed"] for r in done],
                 "final_acc": mean_std(finals),
                 "best_acc": mean_std(bests),
+                "final_val_acc": mean_std(vals) if vals and len(vals) == len(done) else None,
                 "wall_s": mean_std(walls),
                 "alpha": mean_std(alphas) if alphas else None,
             }
         )
     return rows
+
+
+def _has_val(run: dict[str, Any]) -> bool:
+    return run["metrics"][-1].get("val_acc") is not None
 
 
 def _pm(ms: tuple[float, float] | None, n: int, digits: int) -> str:
@@ -271,16 +278,22 @@ def _pm(ms: tuple[float, float] | None, n: int, digits: int) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table: mean ± std (sample std) over the seeds of each variant."""
+    """A markdown table: mean ± std (sample std) over the seeds of each variant, with a
+    validation accuracy column when some variant has a validation set."""
+    val = any(r.get("final_val_acc") is not None for r in rows)
     lines = [
-        "| optimizer | runs | final test acc (%) | best test acc (%) | final α | wall time (s) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| optimizer | runs | "
+        + ("final val acc (%) | " if val else "")
+        + "final test acc (%) | best test acc (%) | final α | wall time (s) |",
+        "|---|---:|" + ("---:|" if val else "") + "---:|---:|---:|---:|",
     ]
     for r in rows:
         n = r["n"]
         runs = f"{n}" if n == r["planned"] else f"{n} of {r['planned']}"
         lines.append(
-            f"| {r['label']} | {runs} | {_pm(r['final_acc'], n, 2)} | {_pm(r['best_acc'], n, 2)} "
+            f"| {r['label']} | {runs} | "
+            + (f"{_pm(r.get('final_val_acc'), n, 2)} | " if val else "")
+            + f"{_pm(r['final_acc'], n, 2)} | {_pm(r['best_acc'], n, 2)} "
             f"| {_pm(r['alpha'], n, 2)} | {_pm(r['wall_s'], n, 1)} |"
         )
     return "\n".join(lines)
@@ -301,6 +314,7 @@ def _results_markdown(
         f"{b.dataset}, {b.model}, {b.epochs} epochs, batch {b.batch_size}, {b.base} lr {b.lr:g}, "
         f"{b.schedule} schedule, augment {b.augment}"
         + (f", preset {b.preset}" if b.preset else "")
+        + (f", {b.val_size} training examples held out for validation" if b.val_size else "")
         + (f", {b.limit_train} training examples" if b.limit_train else "")
     )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -62,7 +62,10 @@ class TrainConfig:
         dataset: one of :data:`xsam.data.DATASETS`. data_dir: where its files are (default:
         ``$XSAM_DATA``, then the system locations). limit_train / limit_test: use only the first
         N examples of a class-balanced random subset (fixed, independent of ``seed``), for tiny
-        runs. augment: ``"none"``, ``"paper"`` (= ``crop4+flip+cutout16@0.5``) or ``+``-joined
+        runs. val_size: hold out N training examples (a fixed class-balanced subset, the same
+        for every seed) as a validation set: never trained on, evaluated after every epoch
+        (``val_loss``, ``val_acc``), for choosing hyper-parameters without the test set; taken
+        before limit_train applies. augment: ``"none"``, ``"paper"`` (= ``crop4+flip+cutout16@0.5``) or ``+``-joined
         parts ``cropP`` (random crop with P pixels of zero padding), ``flip``, ``cutoutS`` or
         ``cutoutS@p`` (S×S Cutout applied with probability p).
     Model: model: one of :data:`xsam.models.MODEL_NAMES`.
@@ -84,6 +87,7 @@ class TrainConfig:
     data_dir: str | None = None
     limit_train: int | None = None
     limit_test: int | None = None
+    val_size: int | None = None
     augment: str = "crop2+flip"
     model: str = "small_cnn"
     optimizer: str = "xsam"
@@ -183,7 +187,7 @@ class TrainConfig:
             )
         for name in ("steps", "epochs", "batch_size", "eval_batch_size"):
             setattr(c, name, _int(name, getattr(c, name)))
-        for name in ("alpha_every", "threads", "limit_train", "limit_test"):
+        for name in ("alpha_every", "threads", "limit_train", "limit_test", "val_size"):
             if getattr(c, name) is not None:
                 setattr(c, name, _int(name, getattr(c, name)))
         c.seed = _int("seed", c.seed, low=0)
@@ -368,6 +372,7 @@ _PARSERS: dict[str, Any] = {
     "data_dir": _optional(str),
     "limit_train": _optional(_typed(int)),
     "limit_test": _optional(_typed(int)),
+    "val_size": _optional(_typed(int)),
     "augment": str,
     "model": str,
     "optimizer": str,

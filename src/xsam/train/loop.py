@@ -65,6 +65,9 @@ SUBSET_SEED = 0
 """Seed of the ``limit_train`` / ``limit_test`` subsets: fixed, so that runs with different
 seeds (and different optimizers) see the same examples."""
 
+VAL_SEED = 1
+"""Seed of the validation split (``val_size``): fixed for the same reason."""
+
 RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset", "keep_checkpoints"})
 """Config fields a resumed run may change: they do not change the results (on one device)."""
 
@@ -237,13 +240,21 @@ def evaluate(
 
 
 def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best test accuracy, the best epoch and the wall time of a run's metrics."""
+    """Final and best test accuracy, the best epoch, the final validation accuracy (``None``
+    without a validation set) and the wall time of a run's metrics."""
     if not metrics:
-        return {"final_test_acc": None, "best_test_acc": None, "best_epoch": None, "wall_s": 0.0}
+        return {
+            "final_test_acc": None,
+            "best_test_acc": None,
+            "best_epoch": None,
+            "final_val_acc": None,
+            "wall_s": 0.0,
+        }
     best = max(metrics, key=lambda r: r["test_acc"])
     return {
         "final_test_acc": metrics[-1]["test_acc"],
         "best_test_acc": best["test_acc"],
+        "final_val_acc": metrics[-1].get("val_acc"),
         "best_epoch": best["epoch"],
         "wall_s": metrics[-1]["wall_s"],
     }
@@ -304,7 +315,7 @@ def train(
     Returns:
         ``{"out", "config", "metrics" (one dict per epoch, see
         :data:`~xsam.train.checkpoint.METRIC_KEYS`), "complete", "epochs_done",
-        "final_test_acc", "best_test_acc", "best_epoch", "wall_s", "resumed_from",
+        "final_test_acc", "best_test_acc", "best_epoch", "final_val_acc", "wall_s", "resumed_from",
         "model"}`` (``model`` is the trained module, ``None`` when a complete run was only
         read back).
 
@@ -424,6 +435,26 @@ def _train_body(
     # ---- data
     data = load_dataset(cfg.dataset, cfg.data_dir)
     train_x, train_y, test_x, test_y = data.train_x, data.train_y, data.test_x, data.test_y
+    val_loader = None
+    if cfg.val_size is not None:
+        if cfg.val_size >= len(train_y):
+            raise ConfigError(
+                f"val_size should be < the {len(train_y)} training examples of {cfg.dataset} "
+                f"but is: {cfg.val_size}"
+            )
+        val_idx = balanced_subset(train_y, cfg.val_size, seed=VAL_SEED)
+        keep = torch.ones(len(train_y), dtype=torch.bool)
+        keep[val_idx] = False
+        val_loader = BatchLoader(
+            train_x[val_idx],
+            train_y[val_idx],
+            cfg.eval_batch_size,
+            shuffle=False,
+            mean=data.mean,
+            std=data.std,
+            device=device,
+        )
+        train_x, train_y = train_x[keep], train_y[keep]
     if cfg.limit_train is not None:
         idx = balanced_subset(train_y, cfg.limit_train)
         train_x, train_y = train_x[idx], train_y[idx]
@@ -637,6 +668,9 @@ def _train_body(
         ranks.align_buffers(model)
         t1 = time.perf_counter()
         test_loss, test_acc = evaluate(model, test_loader, autocast)
+        val_loss, val_acc = (
+            evaluate(model, val_loader, autocast) if val_loader is not None else (None, None)
+        )
         eval_time = time.perf_counter() - t1
         wall += train_time + eval_time
         row = {
@@ -645,6 +679,8 @@ def _train_body(
             "train_acc": int(correct) / seen,
             "test_loss": test_loss,
             "test_acc": test_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
             "alpha": opt.alpha if is_xsam else None,  # type: ignore[attr-defined]
             "psi": _mean(stats["psi"]),
             "g0_norm": _mean(stats["g0_norm"]),
@@ -699,6 +735,8 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
         f"{100 * r['train_acc']:5.2f}%  test loss {r['test_loss']:.4f} acc "
         f"{100 * r['test_acc']:5.2f}%"
     )
+    if r.get("val_acc") is not None:
+        line += f"  val acc {100 * r['val_acc']:5.2f}%"
     if r["alpha"] is not None:
         line += f"  α {r['alpha']:.2f}"
     if r["psi"] is not None:
