@@ -44,6 +44,7 @@ from xsam.analysis.runs import checkpoint_paths
 from xsam.data import load_dataset, normalize, stratified_indices
 from xsam.models import build_model
 from xsam.train import TrainConfig, load_checkpoint
+from xsam.train.checkpoint import run_status
 
 CANDIDATES = ("g0", "g1", "g2", "g3", "xsam1", "xsam2", "xsam3", "plane_max")
 CLAIMS = (
@@ -190,8 +191,8 @@ def main() -> int:
     sharp: dict[tuple[str, int], dict[str, Any]] = {}
     for (label, seed), run in runs.items() if a.only in (None, "sharpness", "summary") else []:
         last = max(checkpoint_paths(run), default=None)
-        if last is None:
-            continue
+        if last is None or run_status(run)[0] != "complete":
+            continue  # only finished runs: their last epoch is the one every method shares
         path = cache / f"sharp-{run.name}-e{last}-at{','.join(f'{r:g}' for r in radii)}.json"
         if summary_only and not path.is_file():
             continue
