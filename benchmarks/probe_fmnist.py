@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -45,6 +44,7 @@ from xsam.data import load_dataset, normalize, stratified_indices
 from xsam.models import build_model
 from xsam.train import TrainConfig, load_checkpoint
 from xsam.train.checkpoint import run_status
+from xsam.train.compare import mean_std
 
 CANDIDATES = ("g0", "g1", "g2", "g3", "xsam1", "xsam2", "xsam3", "plane_max")
 CLAIMS = (
@@ -54,12 +54,6 @@ CLAIMS = (
     ("claim4_xsam_beats_all", "4. cos(v(α*), u*) of 1-step XSAM ≥ max over g₀, g₁..g₃"),
     ("claim4_xsam_k_beats_g_k", "4'. for every k: cos(XSAM_k) ≥ max(cos g₀, cos g_k)"),
 )
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    m = sum(values) / n
-    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
 
 def pm(ms: tuple[float, float], digits: int = 3) -> str:
@@ -130,7 +124,12 @@ def main() -> int:
     p.add_argument("--cache", default="runs/fmnist/probe_cache")
     p.add_argument("--out", default="benchmarks/results/fmnist/probe")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--only", choices=("probe", "sharpness", "plane", "summary"), default=None)
+    p.add_argument(
+        "--only",
+        choices=("probe", "sharpness", "plane", "summary"),
+        default=None,
+        help="compute only this part; the others come from the cache (summary: nothing new)",
+    )
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -153,16 +152,19 @@ def main() -> int:
     def have(label: str, seed: int, epoch: int) -> bool:
         return (label, seed) in runs and epoch in checkpoint_paths(runs[(label, seed)])
 
-    summary_only = a.only == "summary"
+    def cached_only(part: str) -> bool:
+        """Parts not asked for by --only are read from the cache (so results.md stays whole)."""
+        return a.only not in (None, part)
+
     # 1. direction probes along the XSAM (k = 1) trajectories, at every radius
     probes: dict[float, dict[tuple[int, int], dict[str, Any]]] = {r: {} for r in radii}
-    for radius in radii if a.only in (None, "probe", "summary") else []:
+    for radius in radii:
         for seed in seeds:
             for epoch in epochs:
                 if not have("xsam k=1", seed, epoch):
                     continue
                 path = cache / f"probe-{tag}-at{radius:g}-xsam-seed{seed}-e{epoch}.json"
-                if summary_only and not path.is_file():
+                if cached_only("probe") and not path.is_file():
                     continue
 
                 def compute(seed: int = seed, epoch: int = epoch, r: float = radius) -> dict:
@@ -189,12 +191,14 @@ def main() -> int:
 
     # 2. sharpness at the last epoch of every method and seed
     sharp: dict[tuple[str, int], dict[str, Any]] = {}
-    for (label, seed), run in runs.items() if a.only in (None, "sharpness", "summary") else []:
-        last = max(checkpoint_paths(run), default=None)
-        if last is None or run_status(run)[0] != "complete":
+    for (label, seed), run in runs.items():
+        if run_status(run)[0] != "complete":
             continue  # only finished runs: their last epoch is the one every method shares
+        last = max(checkpoint_paths(run), default=None)
+        if last is None:
+            continue
         path = cache / f"sharp-{run.name}-e{last}-at{','.join(f'{r:g}' for r in radii)}.json"
-        if summary_only and not path.is_file():
+        if cached_only("sharpness") and not path.is_file():
             continue
 
         def compute_sharp(run: Path = run, last: int = last, seed: int = seed) -> dict:
@@ -221,9 +225,9 @@ def main() -> int:
 
     # 3. the plane landscape of XSAM seed 0 at the last probed epoch, at the largest radius
     big = max(radii)
-    if have("xsam k=1", seeds[0], epochs[-1]) and a.only in (None, "plane", "summary"):
+    if have("xsam k=1", seeds[0], epochs[-1]):
         path = cache / f"plane-{tag}-at{big:g}-xsam-seed{seeds[0]}-e{epochs[-1]}.json"
-        if not summary_only or path.is_file():
+        if not cached_only("plane") or path.is_file():
 
             def compute_plane() -> dict[str, Any]:
                 load_weights(model, runs[("xsam k=1", seeds[0])], epochs[-1])

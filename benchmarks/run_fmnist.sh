@@ -18,16 +18,16 @@ COMMON=(--preset fmnist-sample-cnn --dataset fashion-mnist --epochs "$EPOCHS" --
 [ -n "${THREADS:-}" ] && COMMON+=(--threads "$THREADS")
 
 if [ -z "${RHO:-}" ]; then
-$PY -m xsam compare "${COMMON[@]}" --seeds 0 --val-size 10000 --out "$OUT/sweep_val" \
-    --optimizers "sam:rho=0.005 sam:rho=0.01 sam:rho=0.02 sam:rho=0.05"
-RHO=$($PY - "$OUT/sweep_val/results.json" <<'PYEOF'
+    $PY -m xsam compare "${COMMON[@]}" --seeds 0 --val-size 10000 --out "$OUT/sweep_val" \
+        --optimizers "sam:rho=0.005 sam:rho=0.01 sam:rho=0.02 sam:rho=0.05"
+    RHO=$($PY - "$OUT/sweep_val/results.json" <<'PYEOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
 best = max(rows, key=lambda r: r["final_val_acc"][0])  # ties: the first (smallest ρ)
 print(best["label"].split("rho=")[1])
 PYEOF
-)
-echo "rho chosen by the SAM sweep (final validation accuracy, seed 0): $RHO"
+    )
+    echo "rho chosen by the SAM sweep (final validation accuracy, seed 0): $RHO"
 fi
 $PY -m xsam compare "${COMMON[@]}" --seeds "$SEEDS" --out "$OUT/grid" --keep-checkpoints \
     --optimizers "sgd sam:rho=$RHO xsam:rho=$RHO sam:rho=$RHO,steps=3 xsam:rho=$RHO,steps=3 sam:rho=$RHO,adaptive=true xsam:rho=$RHO,adaptive=true"
