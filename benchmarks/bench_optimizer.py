@@ -643,7 +643,7 @@ def bench_memory(name: str, in_ch: int, device: torch.device, seed: int) -> dict
         row["net_bytes_per_update"] = net
         row["met"] = impl == "sgd" or extra / param_bytes <= TARGET_EXTRA_BUFFERS + 1e-9
         rows.append(row)
-        del run
+        del run, base_opt  # base_opt too: it keeps params, grads and momentum alive
     return {
         "param_set": name,
         "n_tensors": len(base),
