@@ -253,6 +253,58 @@ def _worker_fsdp_global_equals_single(rank):
     torch.testing.assert_close(full, _flat_params(single), rtol=1e-10, atol=1e-12)
 
 
+class _Heads(nn.Module):
+    """A trunk and three heads: rank r uses head r, nobody uses ``spare``."""
+
+    def __init__(self, widths=(3, 3)):
+        super().__init__()
+        torch.manual_seed(3)
+        self.trunk = nn.Linear(5, 8).to(DT)
+        self.heads = nn.ModuleList([nn.Linear(8, w).to(DT) for w in widths])
+        self.spare = nn.Linear(8, 3).to(DT)
+        self.rank = 0
+
+    def forward(self, x):
+        return self.heads[self.rank](torch.tanh(self.trunk(x)))[:, :3]
+
+
+def _worker_rank_dependent_unused(rank, widths, momentum):
+    """DDP(find_unused_parameters=True) with local perturbation where each rank uses its own
+    head: the update is the mean of the per-rank XSAM directions over one rank-independent
+    parameter list (zeros where a rank had no gradient), replicas stay bit-identical, and a
+    parameter no rank uses keeps .grad None and is not stepped (not even by weight decay)."""
+    data = _global_batches(3, seed=5)
+    model = _Heads(widths)
+    model.rank = rank
+    ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    lr, wd = 0.1, (0.1 if momentum else 0.0)
+    kw = dict(rho=0.3, alpha=0.5, lr=lr, momentum=momentum, weight_decay=wd)
+    opt = xsam.XSAM(ddp.parameters(), torch.optim.SGD, model=ddp, **kw)
+    spare = [p.detach().clone() for p in model.spare.parameters()]
+    for x, y in data:
+        xl, yl = _local(x, y, rank)
+        twin = _Heads(widths)
+        twin.load_state_dict(model.state_dict())
+        twin.rank = rank
+        solo = xsam.XSAM(twin.parameters(), torch.optim.SGD, rho=0.3, alpha=0.5, lr=1.0)
+        solo.step(_closure(twin, xl, yl))  # θ − d_r: this rank's own direction
+        d_mine = _flat_params(model) - _flat_params(twin)
+        d_mean = d_mine.clone()
+        dist.all_reduce(d_mean)
+        d_mean /= WORLD
+        before = _flat_params(model)
+        opt.step(_closure(ddp, xl, yl))
+        if not momentum:
+            torch.testing.assert_close(
+                _flat_params(model), before - lr * d_mean, rtol=1e-10, atol=1e-12
+            )
+    assert all(p.grad is None for p in model.spare.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(spare, model.spare.parameters()))
+    mine = _flat_params(model)
+    other = _gather(mine)
+    assert torch.equal(other[0], other[1])
+
+
 # ------------------------------------------------------------------------------ tests
 SCENARIOS = {
     "global-xsam-k1": (_worker_global_equals_single, ("XSAM", 1)),
@@ -263,6 +315,8 @@ SCENARIOS = {
     "nonfinite-local": (_worker_nonfinite_on_one_rank, ("local",)),
     "nonfinite-global": (_worker_nonfinite_on_one_rank, ("global",)),
     "fsdp-global": (_worker_fsdp_global_equals_single, ()),
+    "unused-per-rank": (_worker_rank_dependent_unused, ((3, 3), 0.0)),
+    "unused-per-rank-shapes": (_worker_rank_dependent_unused, ((3, 6), 0.9)),
 }
 
 

@@ -116,19 +116,33 @@ class Distribution:
         """Local DDP perturbation: each rank's d is computed alone, then averaged."""
         return self.kind == "ddp" and self.perturbation == "local"
 
-    def average_(self, tensors: list[Tensor]) -> None:
-        """In-place mean over ranks of a tensor list, with one all-reduce of a flat buffer."""
+    def average_(self, tensors: list[Tensor], present: list[bool] | None = None) -> list[bool]:
+        """In-place mean over ranks of a tensor list, with one all-reduce of a flat buffer.
+
+        The list must be the same on every rank (same tensors, same order): a rank that has
+        nothing for a tensor passes zeros, as DDP does for a parameter a rank did not use.
+        ``present`` (one flag per tensor: did this rank have it?) travels in the same buffer;
+        the result says which tensors some rank had."""
         if not tensors:
-            return
+            return []
         import torch.distributed as dist
 
-        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flags = present if present is not None else [True] * len(tensors)
+        dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+        for t in tensors:
+            dtype = torch.promote_types(dtype, t.dtype)
+        parts = [t.reshape(-1).to(dtype) for t in tensors]
+        parts.append(torch.tensor(flags, dtype=dtype, device=tensors[0].device))
+        flat = torch.cat(parts)
         dist.all_reduce(flat, group=self.group)
-        flat.div_(self.world_size)
+        n = len(tensors)
+        used = [bool(v) for v in (flat[-n:] > 0).tolist()]
+        flat = flat[:-n].div_(self.world_size)
         torch._foreach_copy_(
             tensors,
             [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)],
         )
+        return used
 
     # --- passes ---------------------------------------------------------------------
     @contextlib.contextmanager

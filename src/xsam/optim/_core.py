@@ -1,6 +1,6 @@
 """The machinery every SAM-family optimizer shares.
 
-One update (ALGORITHM.md §3; notation follows the paper):
+One update (docs/algorithm.md §3; notation follows the paper):
 
     clean pass      g₀ = ∇L(θ₀)                                  (closure #0, stats update)
     ascent  i<k     θᵢ₊₁ = θᵢ + (ρ/k)·gᵢ/(‖gᵢ‖+ε),  gᵢ₊₁ = ∇L(θᵢ₊₁) (closures #1..k, stats frozen)
@@ -10,14 +10,20 @@ One update (ALGORITHM.md §3; notation follows the paper):
 This module owns the perturb / restore / step cycle, the θ₀ buffer, the adaptive (ASAM)
 geometry, normalisation statistics, non-finite handling and the state_dict; a strategy only
 decides ``d``. A fix here lands in every variant.
+
+Invariants kept on every path (closure, lower level, exceptions, skips):
+
+* every parameter's ``.grad`` is cleared before each pass, so nothing accumulates across passes;
+* a skipped or abandoned update leaves weights, optimizer state and normalisation statistics
+  bit-identical, whatever GradScaler (enabled, disabled or none) is involved;
+* nothing non-finite reaches the base optimizer: every pass and the direction ``d`` are checked.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,32 +33,36 @@ from torch.optim import Optimizer
 
 from ..distributed import Distribution, local_tensor, resolve_distribution
 from ..policies import NormStatsSnapshot, frozen_norm_stats
+from ._args import (
+    GROUP_KEYS,
+    check_group,
+    check_number,
+    check_params,
+    describe_param,
+    split_base_kwargs,
+)
 from ._vec import ReduceFn, acc_dtype, global_norm, global_sq_sums
 
 EPS = 1e-12
 
-# Hyperparameters the wrapper stores in every param group (so they are per-group, saved by
-# state_dict and reachable by schedulers). A base optimizer that uses one of these names for
-# its own hyperparameter would read our value: that is refused at construction.
-GROUP_KEYS = ("rho", "rho_max", "adaptive", "eta")
+# kept for the analysis tools, which share the optimizers' rule for numbers
+_check_number = check_number
 
-
-def _check_number(name: str, value: Any, *, low: float, strict: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
-    value = float(value)
-    bad = not math.isfinite(value) or (value <= low if strict else value < low)
-    if bad:
-        rule = f"> {low:g}" if strict else f">= {low:g}"
-        raise ValueError(f"{name} must be finite and {rule}, got {value!r}")
-    return value
+_HOOK_DICTS = (
+    "_optimizer_step_pre_hooks",
+    "_optimizer_step_post_hooks",
+    "_optimizer_state_dict_pre_hooks",
+    "_optimizer_state_dict_post_hooks",
+    "_optimizer_load_state_dict_pre_hooks",
+    "_optimizer_load_state_dict_post_hooks",
+)
 
 
 @dataclass
 class _Update:
     """What one update carries from the clean pass to the descent."""
 
-    owners: list[Tensor]  # the parameters (nn.Parameter or DTensor)
+    owners: list[Tensor]  # the parameters (nn.Parameter or DTensor) the update covers
     params: list[Tensor]  # their local data (the shard under FSDP), where the math happens
     theta0: list[Tensor]
     dtype: torch.dtype
@@ -64,12 +74,25 @@ class _Update:
     finite: list[Tensor] = field(default_factory=list)  # one flag per norm taken
     grad_norms: list[Tensor] = field(default_factory=list)  # ‖gᵢ‖ (in the geometry used)
     losses: list[Tensor] = field(default_factory=list)
+    # which owners had a gradient in the last pass read, and in any pass so far (DDP: a
+    # parameter no rank used keeps .grad = None, as DDP leaves it)
+    present: list[bool] = field(default_factory=list)
+    ever: list[bool] = field(default_factory=list)
 
 
 class SAMFamily(Optimizer):
     """Base class of the SAM-family wrappers. Use :class:`xsam.SAM` or :class:`xsam.XSAM`.
 
     Subclasses implement :meth:`_descent` (write ``d`` into the gradients, θ still at θ_k)."""
+
+    _explicit_kwargs: frozenset[str] = frozenset()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SAMFamily:
+        # The keywords the caller actually wrote: an argument both the wrapper and the base
+        # optimizer accept is ambiguous only if it was written (see _args.split_base_kwargs).
+        obj = super().__new__(cls)
+        obj._explicit_kwargs = frozenset(kwargs)
+        return obj
 
     def __init__(
         self,
@@ -83,7 +106,9 @@ class SAMFamily(Optimizer):
         rho_max: float | None,
         model: nn.Module | None,
         perturbation: str | None = None,
-        **base_kwargs: Any,
+        base_kwargs: Mapping[str, Any] | None = None,
+        own_keywords: frozenset[str] = frozenset(),
+        **loose_kwargs: Any,
     ) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
             hint = ""
@@ -99,32 +124,35 @@ class SAMFamily(Optimizer):
             raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-        collide = sorted(set(base_kwargs) & set(GROUP_KEYS))
-        if collide:
-            raise ValueError(f"unexpected keyword argument(s) {collide} for the base optimizer")
-        rho = _check_number("rho", rho, low=0.0, strict=False)
-        eta = _check_number("eta", eta, low=0.0, strict=False)
+        name = type(self).__name__
+        base_kw = split_base_kwargs(
+            name, base_optimizer, loose_kwargs, base_kwargs, self._explicit_kwargs, own_keywords
+        )
+        rho = check_number("rho", rho, low=0.0, strict=False)
+        eta = check_number("eta", eta, low=0.0, strict=False)
         if rho_max is not None:
-            rho_max = _check_number("rho_max", rho_max, low=0.0, strict=True)
+            rho_max = check_number("rho_max", rho_max, low=0.0, strict=True)
 
         self.steps = steps
         self.model = model
         self._base_ready = False
         defaults = {"rho": rho, "rho_max": rho_max, "adaptive": adaptive, "eta": eta}
         super().__init__(params, defaults)
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kw)
         clash = sorted(set(self.base_optimizer.defaults) & set(GROUP_KEYS))
         if clash:
             raise ValueError(
                 f"{base_optimizer.__name__} has its own hyperparameter(s) {clash}, which would "
-                f"collide with {type(self).__name__}'s; this base optimizer is not supported"
+                f"collide with {name}'s; this base optimizer is not supported"
             )
         # Share the groups: LR schedulers, add_param_group and state_dict then see one truth.
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self._base_ready = True
+        check_params(self.param_groups, self._param_names())
 
         self._norm_snapshot = NormStatsSnapshot(model) if model is not None else None
+        self._stats_saved = False  # the snapshot holds this update's statistics
         self._update: _Update | None = None
         self.updates = 0  # completed (non-skipped) updates
         self.skipped_updates = 0
@@ -143,37 +171,60 @@ class SAMFamily(Optimizer):
         return self._dist.perturbation
 
     # ------------------------------------------------------------------ param groups
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        group["rho"] = _check_number("rho", group["rho"], low=0.0, strict=False)
-        group["eta"] = _check_number("eta", group["eta"], low=0.0, strict=False)
-        if not isinstance(group["adaptive"], bool):
-            raise TypeError(f"adaptive must be a bool, got {group['adaptive']!r}")
-        if group["rho_max"] is not None:
-            group["rho_max"] = _check_number("rho_max", group["rho_max"], low=0.0, strict=True)
-        for p in group["params"]:
-            if isinstance(p, Tensor) and (p.is_complex() or p.is_sparse):
-                raise ValueError("complex and sparse parameters are not supported")
+    def _needs_positive_eta(self) -> bool:
+        return False
+
+    def _param_names(self) -> dict[int, str]:
+        model = getattr(self, "model", None)
+        if model is None:
+            return {}
+        return {id(p): n for n, p in model.named_parameters()}
+
+    def _validate_group(self, group: dict[str, Any], where: str = "param group") -> None:
+        check_group(group, where, positive_eta=self._needs_positive_eta())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not getattr(self, "_base_ready", False):
             super().add_param_group(param_group)  # during __init__, before the base exists
-            self._validate_group(self.param_groups[-1])
+            where = f"param_groups[{len(self.param_groups) - 1}]"
+            self._validate_group(self.param_groups[-1], where)
             return
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         for key in GROUP_KEYS:
             param_group.setdefault(key, self.defaults[key])
-        self._validate_group(param_group)
+        self._validate_group(param_group, f"param_groups[{len(self.param_groups)}]")
         self.base_optimizer.add_param_group(param_group)
+        check_params(self.param_groups, self._param_names())
+
+    def _check_groups(self) -> None:
+        """At every update: groups added through ``base_optimizer.add_param_group`` get the
+        wrapper's defaults, and values set after construction (by hand, by a scheduler) are
+        checked like the constructor's."""
+        for i, group in enumerate(self.param_groups):
+            for key in GROUP_KEYS:
+                if key not in group:
+                    group[key] = self.defaults[key]
+            self._validate_group(group, f"param_groups[{i}]")
+        if len({g["adaptive"] for g in self.param_groups}) > 1:
+            raise ValueError("adaptive must be the same for every param group")
 
     def _group_uniform(self, key: str) -> bool:
         values = {g[key] for g in self.param_groups}
         return len(values) == 1
 
+    def _group_params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _clear_grads(self) -> None:
+        for p in self._group_params():
+            p.grad = None
+
     # ------------------------------------------------------------------ hooks for subclasses
-    def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> None:
+    def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> bool:
         """Write the descent gradient ``d`` into ``grads`` (θ is at θ_k on entry; the caller
-        restores θ₀ afterwards). May use the parameters as scratch space."""
+        restores θ₀ afterwards). May use the parameters as scratch space. Returns ``False``
+        to skip the update (e.g. a non-finite α probe)."""
         raise NotImplementedError
 
     def _needs_loss_fn(self) -> bool:
@@ -195,8 +246,11 @@ class SAMFamily(Optimizer):
     # ------------------------------------------------------------------ pass contexts
     @contextlib.contextmanager
     def clean_pass(self) -> Iterator[None]:
-        """Wrap the forward+backward at θ₀ in this (lower-level path). Under DDP with local
-        perturbation it keeps the gradient local (``no_sync``); otherwise it does nothing."""
+        """Wrap the forward+backward at θ₀ in this (lower-level path). With ``model=`` it
+        records the normalisation running statistics first, so that a skipped or abandoned
+        update can put them back; under DDP with local perturbation it keeps the gradient
+        local (``no_sync``)."""
+        self._save_stats()
         with self._dist.gradient_pass(synced=self._dist.perturbation == "global"):
             yield
 
@@ -211,21 +265,61 @@ class SAMFamily(Optimizer):
         with frozen_norm_stats(self.model), self._dist.gradient_pass(synced=synced):
             yield
 
+    def _save_stats(self) -> None:
+        if self._norm_snapshot is not None:
+            self._norm_snapshot.save()
+            self._stats_saved = True
+
+    def _restore_stats(self) -> None:
+        if self._norm_snapshot is not None and self._stats_saved:
+            self._norm_snapshot.restore()
+        self._stats_saved = False
+
     # ------------------------------------------------------------------ the update, low level
+    @property
+    def update_in_progress(self) -> bool:
+        """Whether :meth:`ascent_step` has started an update that is not finished yet."""
+        return self._update is not None
+
+    @torch.no_grad()
+    def abort_update(self) -> None:
+        """Abandon the update in progress (lower-level path), e.g. after a pass raised (a
+        caught out-of-memory error, a bad batch): θ₀ is put back exactly, the normalisation
+        statistics recorded by :meth:`clean_pass` are restored, every ``.grad`` is cleared,
+        and the optimizer state and counters are left as they were. Does nothing to the
+        weights when no update is in progress (``step()`` calls it on an exception)."""
+        u, self._update = self._update, None
+        if u is not None and u.params:
+            torch._foreach_copy_(u.params, u.theta0)
+        self._restore_stats()
+        self._clear_grads()
+
+    def _owners(self) -> list[Tensor]:
+        """The parameters this update covers. One process: those with a gradient after the
+        clean pass. DDP: every parameter that requires a gradient, in group order, so the
+        list (and the buffers reduced over it) is the same on every rank even when ranks use
+        different parameters; a parameter without a gradient on a rank counts as zero there."""
+        if self._dist.kind == "ddp":
+            return [p for p in self._group_params() if p.requires_grad]
+        return [p for p in self._group_params() if p.grad is not None]
+
     def _begin(self) -> _Update:
-        owners, rhos, rho_maxes, etas, adaptive = [], [], [], [], []
-        for group in self.param_groups:
-            rmax = group["rho_max"] if group["rho_max"] is not None else 2.0 * group["rho"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError("sparse gradients are not supported")
-                owners.append(p)
-                rhos.append(group["rho"] / self.steps)
-                rho_maxes.append(rmax)
-                etas.append(group["eta"])
-                adaptive.append(group["adaptive"])
+        self._check_groups()
+        owners = self._owners()
+        where: dict[int, tuple[dict[str, Any], int, int]] = {}
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                where[id(p)] = (group, gi, pi)
+        for p in owners:
+            if p.grad is not None and p.grad.is_sparse:
+                raise ValueError("sparse gradients are not supported")
+            if p.is_meta:
+                _, gi, pi = where[id(p)]
+                raise RuntimeError(
+                    f"{describe_param(p, self._param_names(), gi, pi)} is on the meta device "
+                    "and has no values; materialise the model (e.g. module.to_empty(device=...) "
+                    "and reset its parameters) before stepping"
+                )
         params = [local_tensor(p.detach()) for p in owners]
         if params and len({p.device for p in params}) > 1:
             raise RuntimeError(
@@ -233,6 +327,17 @@ class SAMFamily(Optimizer):
                 f"({sorted({str(p.device) for p in params})}); one device per optimizer is "
                 "supported (use one optimizer per device or DDP/FSDP)"
             )
+        u = _Update(
+            owners=owners,
+            params=params,
+            theta0=self._theta0_buffers(owners, params),
+            dtype=acc_dtype(params) if params else torch.float32,
+        )
+        groups = [where[id(p)][0] for p in owners]
+        self._set_geometry(u, groups)
+        return u
+
+    def _theta0_buffers(self, owners: list[Tensor], params: list[Tensor]) -> list[Tensor]:
         theta0 = []
         for o, p in zip(owners, params):
             st = self.state[o]
@@ -247,32 +352,32 @@ class SAMFamily(Optimizer):
             theta0.append(buf)
         if params:
             torch._foreach_copy_(theta0, params)
-        u = _Update(
-            owners=owners,
-            params=params,
-            theta0=theta0,
-            dtype=acc_dtype(params) if params else torch.float32,
-        )
-        u.rho = rhos[0] if len(set(rhos)) == 1 else rhos
-        u.rho_max = rho_maxes[0] if len(set(rho_maxes)) == 1 else rho_maxes
-        if any(adaptive):
-            if not all(adaptive):
-                raise ValueError("adaptive must be the same for every param group")
+        return theta0
+
+    def _set_geometry(self, u: _Update, groups: list[dict[str, Any]]) -> None:
+        rhos = [g["rho"] / self.steps for g in groups]
+        rho_maxes = [g["rho_max"] if g["rho_max"] is not None else 2.0 * g["rho"] for g in groups]
+        u.rho = rhos[0] if len(set(rhos)) <= 1 and rhos else rhos
+        u.rho_max = rho_maxes[0] if len(set(rho_maxes)) <= 1 and rho_maxes else rho_maxes
+        if groups and groups[0]["adaptive"]:
             # T = |θ₀| + η, fixed at θ₀ for all k steps (the ellipsoid is centred there).
-            scale = torch._foreach_abs(theta0)
+            etas = [g["eta"] for g in groups]
+            scale = torch._foreach_abs(u.theta0)
             if len(set(etas)) == 1:
                 torch._foreach_add_(scale, etas[0])
             else:
                 torch._foreach_add_(scale, etas)
             u.scale = scale
-        return u
 
     def _grads(self, u: _Update) -> list[Tensor]:
-        grads = []
+        grads, present = [], []
         for p in u.owners:
+            present.append(p.grad is not None)
             if p.grad is None:  # no gradient in this pass: it is zero
                 p.grad = torch.zeros_like(p)
             grads.append(local_tensor(p.grad))
+        u.present = present
+        u.ever = present if not u.ever else [a or b for a, b in zip(u.ever, present)]
         return grads
 
     @torch.no_grad()
@@ -280,11 +385,13 @@ class SAMFamily(Optimizer):
         """Move θᵢ → θᵢ₊₁ along the gradient now in ``.grad`` (call it after the backward of
         the clean pass, then after the backward of each ascent point, ``steps`` times in all).
 
-        The first call records θ₀ and the set of parameters that have a gradient. The step is
-        ``(ρ/k)·g/(‖g‖+ε)`` with the norm global over all those parameters (adaptive: in ASAM's
-        coordinates, see the class docstring). Gradients are consumed and set to ``None``, so
-        the next backward starts from zero. Normalising makes the step independent of a
-        GradScaler's loss scale: no unscaling is needed here."""
+        The first call checks the param groups, records θ₀ and the parameters the update
+        covers. The step is ``(ρ/k)·g/(‖g‖+ε)`` with the norm global over all those
+        parameters (adaptive: in ASAM's coordinates, see the class docstring). Every
+        parameter's gradient is then set to ``None``, so the next backward starts from zero.
+        Normalising makes the step independent of a GradScaler's loss scale: no unscaling is
+        needed here. If a pass raises before the update is finished, call
+        :meth:`abort_update`."""
         u = self._update
         if u is None:
             u = self._update = self._begin()
@@ -295,6 +402,7 @@ class SAMFamily(Optimizer):
             )
         u.ascents += 1
         if not u.params:
+            self._clear_grads()
             return
         grads = self._grads(u)
         if u.scale is not None:
@@ -311,8 +419,7 @@ class SAMFamily(Optimizer):
         if u.scale is not None:
             torch._foreach_mul_(grads, u.scale)  # back to θ coordinates: δθ = T·δθ̃
         torch._foreach_add_(u.params, grads)
-        for p in u.owners:
-            p.grad = None
+        self._clear_grads()
 
     @torch.no_grad()
     def descent_direction(self, loss_fn: Callable[[], Any] | None = None) -> bool:
@@ -320,42 +427,80 @@ class SAMFamily(Optimizer):
 
         Call after the backward at the last ascent point. ``loss_fn`` (no arguments, returns the
         loss on the same batch, forward only) is needed when XSAM's α search is due. Returns
-        ``True`` if every pass was finite. If not, θ₀ is restored, ``.grad`` holds NaN (a
-        GradScaler then skips the step and lowers its scale) and the base optimizer must not
-        step — :meth:`descent_step` does all this for you."""
+        ``True`` if every pass, every α probe and ``d`` itself were finite. If not, θ₀ is
+        restored, ``.grad`` holds NaN (a GradScaler's ``step`` then skips and its ``update``
+        lowers the scale) and the base optimizer must not step — :meth:`descent_step` does all
+        this for you. Parameters outside the update (no gradient in the clean pass; under DDP,
+        none on any rank) end with ``.grad = None``, so the base optimizer leaves them alone."""
         u = self._update
         if u is None or u.ascents != self.steps:
             done = 0 if u is None else u.ascents
             raise RuntimeError(
                 f"descent_direction() needs {self.steps} ascent_step() call(s) first, got {done}"
             )
-        self._update = None
         if not u.params:
+            self._update = None
+            self._clear_grads()
             return True
-        grads = self._grads(u)
-        ok = self._finite_so_far(u, grads)
-        if ok:
-            try:
-                self._descent(u, grads, loss_fn)
-                if self._dist.averages_direction and not self._direction_is_gk():
-                    self._dist.average_(grads)  # local perturbation: mean of per-rank d_r
-            except BaseException:
-                torch._foreach_copy_(u.params, u.theta0)
-                raise
+        try:
+            ok = self._direction(u, loss_fn)
+        except BaseException:
+            self.abort_update()
+            raise
+        self._update = None
         torch._foreach_copy_(u.params, u.theta0)
         if not ok:
-            for g in grads:
-                g.fill_(float("nan"))
+            for p in u.owners:
+                p.grad = torch.full_like(p, float("nan"))
+        self._release_unused(u)
         return ok
 
-    def _finite_so_far(self, u: _Update, grads: list[Tensor]) -> bool:
-        """One host sync per update: were the losses and every gradient finite?"""
-        flags = list(u.finite) + [torch.isfinite(t) for t in u.losses]
+    def _direction(self, u: _Update, loss_fn: Callable[[], Any] | None) -> bool:
+        """d into the gradients; whether the update may go ahead (agreed over ranks).
+
+        One host synchronisation in the common case: the finiteness of the passes and of d is
+        decided together after the vector math, which is harmless on non-finite values since
+        θ₀ is restored from its copy and d is discarded. When the α search is due, the passes
+        are checked first, so that a non-finite update never spends |A| forward passes."""
+        grads = self._grads(u)
+        flags = self._pass_flags(u, grads)
+        if self._needs_loss_fn():
+            if not self._agree(flags):
+                return False
+            flags = []
+        ok_descent = self._descent(u, grads, loss_fn)
+        if self._dist.averages_direction and not self._direction_is_gk():
+            # local perturbation: mean of per-rank d_r over one rank-independent list
+            u.present = self._dist.average_(grads, u.ever)
+        if not self._direction_is_gk():
+            d_sq = global_sq_sums([grads], u.dtype, self._reduce)[0]
+            flags.append(torch.isfinite(d_sq))
+        return self._agree(flags) and ok_descent
+
+    def _pass_flags(self, u: _Update, grads: list[Tensor]) -> list[Tensor]:
+        flags = list(u.finite) + [torch.isfinite(t).all() for t in u.losses]
         gk_sq = global_sq_sums([grads], u.dtype, self._reduce)[0]
         flags.append(torch.isfinite(gk_sq))
-        ok = bool(self._dist.agree_all(torch.stack([f.to(gk_sq.device) for f in flags]).all()))
         self._last = {"g0_norm": u.grad_norms[0], "gk_norm": gk_sq.sqrt()}
-        return ok
+        return flags
+
+    def _agree(self, flags: list[Tensor]) -> bool:
+        """Whether every flag is true on every rank (one host sync)."""
+        if not flags:
+            return True
+        device = flags[-1].device
+        return bool(self._dist.agree_all(torch.stack([f.to(device) for f in flags]).all()))
+
+    def _release_unused(self, u: _Update) -> None:
+        owned = {id(p) for p in u.owners}
+        for p in self._group_params():
+            if id(p) not in owned:
+                p.grad = None  # picked up in a later pass only: not part of this update
+        if self._dist.kind == "ddp":
+            # DDP leaves a parameter no rank used without a gradient; so do we
+            for p, used in zip(u.owners, u.present, strict=True):
+                if not used:
+                    p.grad = None
 
     @torch.no_grad()
     def descent_step(
@@ -363,15 +508,19 @@ class SAMFamily(Optimizer):
         loss_fn: Callable[[], Any] | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> bool:
-        """:meth:`descent_direction`, then step the base optimizer (through ``scaler.step`` if a
-        GradScaler is given; call ``scaler.update()`` yourself afterwards, as usual). Returns
-        whether the update was applied; a skipped update leaves the weights and the optimizer
-        state bit-identical."""
+        """:meth:`descent_direction`, then step the base optimizer (through ``scaler.step`` if an
+        enabled GradScaler is given; call ``scaler.update()`` yourself afterwards, as usual).
+        Returns whether the update was applied. A skipped update never reaches the base
+        optimizer, whatever the scaler (enabled, disabled or none): the weights and the
+        optimizer state stay bit-identical, and an enabled scaler still sees the non-finite
+        gradient, so its ``update()`` lowers the scale."""
         ok = self.descent_direction(loss_fn)
-        if scaler is not None:
-            # d is finite exactly when every pass was; a skipped update hands the scaler NaN,
-            # so it skips the base step too and lowers its scale at update().
-            scaler.step(self.base_optimizer)
+        if scaler is not None and scaler.is_enabled():
+            if ok:
+                scaler.step(self.base_optimizer)
+            else:
+                with _step_disabled(self.base_optimizer):
+                    scaler.step(self.base_optimizer)
         elif ok:
             self.base_optimizer.step()
         self._finish(ok)
@@ -381,20 +530,18 @@ class SAMFamily(Optimizer):
         if ok:
             self.updates += 1
             self._on_update_done()
-        else:
-            self.skipped_updates += 1
-            if self._norm_snapshot is not None and self._closure_running:
-                self._norm_snapshot.restore()
-            if not self._warned_skip:
-                self._warned_skip = True
-                warnings.warn(
-                    f"{type(self).__name__}: non-finite loss or gradient; update skipped and the "
-                    "weights left unchanged (counted in .skipped_updates; warned once)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-
-    _closure_running = False
+            self._stats_saved = False
+            return
+        self.skipped_updates += 1
+        self._restore_stats()
+        if not self._warned_skip:
+            self._warned_skip = True
+            warnings.warn(
+                f"{type(self).__name__}: non-finite loss or gradient; update skipped and the "
+                "weights left unchanged (counted in .skipped_updates; warned once)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ the update, closure
     def _rho_all_zero(self) -> bool:
@@ -403,9 +550,21 @@ class SAMFamily(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Run one whole update. ``closure`` does forward + backward on the current batch and
-        returns the loss; it is called ``steps + 1`` times (gradients zeroed before each call),
-        plus forward-only probes when XSAM's α search is due. Returns the clean-pass loss."""
+        returns the loss; it is called ``steps + 1`` times (every gradient cleared before each
+        call), plus forward-only probes when XSAM's α search is due. Returns the clean-pass
+        loss, detached.
+
+        Without a closure ``step()`` raises, except for the state-initialisation call that
+        ``torch.distributed.checkpoint`` makes on a fresh optimizer (every learning rate 0 and
+        every gradient zero): that steps the base optimizer if it has no state yet, which
+        creates its state and leaves the weights unchanged."""
         if closure is None:
+            if self._is_state_init_call():
+                # DCP asks again whenever this wrapper's own state is empty (before the first
+                # update): stepping an initialised base again would decay its momentum.
+                if not self.base_optimizer.state:
+                    self.base_optimizer.step()
+                return None
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure that runs forward and backward "
                 "(SAM-family updates evaluate the gradient at several points); for loops a "
@@ -413,14 +572,12 @@ class SAMFamily(Optimizer):
             )
         if self._update is not None:
             raise RuntimeError("step() called in the middle of an ascent_step() sequence")
+        self._check_groups()
         grad_closure = torch.enable_grad()(closure)
-        snapshot = self._norm_snapshot
-        if snapshot is not None:
-            snapshot.save()
-        self._closure_running = True
         try:
-            self.zero_grad()
+            self._clear_grads()
             if self._rho_all_zero():
+                self._save_stats()
                 with self._dist.gradient_pass(synced=True):
                     loss = grad_closure()
                 return self._plain_step(loss)
@@ -437,23 +594,21 @@ class SAMFamily(Optimizer):
             if ok:
                 self.base_optimizer.step()
             self._finish(ok)
-            return loss
+            return _detached(loss)
         except BaseException:
-            if self._update is not None:  # an exception mid-update: put θ₀ back
-                torch._foreach_copy_(self._update.params, self._update.theta0)
-                self._update = None
+            self.abort_update()  # an exception mid-update: θ₀ and the statistics back
             raise
-        finally:
-            self._closure_running = False
+
+    def _is_state_init_call(self) -> bool:
+        grads = [p.grad for p in self._group_params() if p.grad is not None]
+        if not grads or self._update is not None:
+            return False
+        lrs_zero = all(float(g.get("lr", 1.0)) == 0.0 for g in self.param_groups)
+        return lrs_zero and all(not bool(g.any()) for g in grads)
 
     def _plain_step(self, loss: Any) -> Any:
         """ρ = 0 everywhere: exactly the base optimizer (one pass, nothing perturbed)."""
-        grads = [
-            local_tensor(p.grad)
-            for g in self.param_groups
-            for p in g["params"]
-            if p.grad is not None
-        ]
+        grads = [local_tensor(p.grad) for p in self._group_params() if p.grad is not None]
         ok = True
         if grads:
             flags = torch.isfinite(global_sq_sums([grads], acc_dtype(grads), self._reduce)[0])
@@ -462,7 +617,7 @@ class SAMFamily(Optimizer):
         if ok:
             self.base_optimizer.step()
         self._finish(ok)
-        return loss
+        return _detached(loss)
 
     def _probe_fn(self, closure: Callable[[], Any]) -> Callable[[], Any]:
         """A forward-only loss from a forward+backward closure.
@@ -497,10 +652,7 @@ class SAMFamily(Optimizer):
     _probe_with_grad = False
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """The base optimizer's state_dict (its state and the shared param groups, which hold
-        ρ and friends) plus this wrapper's schedule under the key ``"sam_family"``."""
-        sd = self.base_optimizer.state_dict()
+    def _schedule_state(self) -> dict[str, Any]:
         extra = {
             "type": type(self).__name__,
             "steps": self.steps,
@@ -508,13 +660,51 @@ class SAMFamily(Optimizer):
             "skipped_updates": self.skipped_updates,
         }
         extra.update(self._state_extra())
+        return extra
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The base optimizer's state_dict (its state and the shared param groups, which hold
+        ρ and friends) plus this wrapper's schedule under the key ``"sam_family"``.
+
+        The schedule is also stored in every param group (key ``"sam_family"``), so that tools
+        which keep only ``"state"`` and ``"param_groups"`` (``torch.distributed.checkpoint``'s
+        ``get_optimizer_state_dict``) keep it too. State-dict hooks registered on this
+        optimizer run as they do on any torch optimizer."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        sd = self.base_optimizer.state_dict()
+        extra = self._schedule_state()
+        sd["param_groups"] = [{**g, "sam_family": dict(extra)} for g in sd["param_groups"]]
         sd["sam_family"] = extra
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         sd = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
+        groups = [dict(g) for g in sd.get("param_groups", [])]
+        in_groups = [g.pop("sam_family", None) for g in groups]
+        sd["param_groups"] = groups
         extra = sd.pop("sam_family", None)
-        if extra is None:
+        if extra is None and in_groups:
+            extra = in_groups[0]
+        self._check_schedule(extra)
+        self.base_optimizer.load_state_dict(sd)
+        self.param_groups = self.base_optimizer.param_groups
+        self.updates = int(extra["updates"])
+        self.skipped_updates = int(extra["skipped_updates"])
+        self._load_extra(extra)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def _check_schedule(self, extra: Any) -> None:
+        if not isinstance(extra, dict):
             raise ValueError(
                 "state_dict has no 'sam_family' entry: it was not saved by a SAM-family "
                 "optimizer (to load a base optimizer's state, use .base_optimizer.load_state_dict)"
@@ -527,11 +717,31 @@ class SAMFamily(Optimizer):
             raise ValueError(
                 f"state_dict has steps={extra.get('steps')}, this optimizer {self.steps}"
             )
-        self.base_optimizer.load_state_dict(sd)
-        self.param_groups = self.base_optimizer.param_groups
-        self.updates = int(extra["updates"])
-        self.skipped_updates = int(extra["skipped_updates"])
-        self._load_extra(extra)
+
+    # ------------------------------------------------------------------ copy and pickle
+    def __getstate__(self) -> dict[str, Any]:
+        """``copy.deepcopy`` and ``pickle`` keep everything (base optimizer, schedule, model
+        reference, statistics snapshot). Copying the optimizer and its model together
+        (``copy.deepcopy((model, opt))``) gives a pair that trains exactly like the original.
+        Hooks are not copied (as for torch optimizers). Refused in the middle of an update
+        and under DDP/FSDP (process groups cannot be copied): save ``state_dict()`` then."""
+        if self._update is not None:
+            raise RuntimeError(
+                f"cannot copy or pickle {type(self).__name__} in the middle of an update; "
+                "finish it with descent_step() or call abort_update() first"
+            )
+        if self._dist.active:
+            raise RuntimeError(
+                f"cannot copy or pickle {type(self).__name__} under DDP/FSDP (process groups "
+                "cannot be copied); save opt.state_dict() and load it into a new optimizer"
+            )
+        state = dict(self.__dict__)
+        for key in _HOOK_DICTS:
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -543,9 +753,29 @@ class SAMFamily(Optimizer):
         return f"{type(self).__name__}(steps={self.steps}, base={self.base_optimizer!r})"
 
 
+@contextlib.contextmanager
+def _step_disabled(opt: Optimizer) -> Iterator[None]:
+    """``opt.step`` does nothing inside: lets a GradScaler record a skipped update (and lower
+    its scale) without any chance of the base optimizer applying it."""
+    had = "step" in opt.__dict__
+    old = opt.__dict__.get("step")
+    opt.step = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if had:
+            opt.step = old  # type: ignore[method-assign]
+        else:
+            del opt.step
+
+
 def _as_tensor(loss: Any) -> Tensor:
     if isinstance(loss, Tensor):
         return loss.detach()
     if loss is None:
         return torch.zeros(())
     return torch.as_tensor(float(loss))
+
+
+def _detached(loss: Any) -> Any:
+    return loss.detach() if isinstance(loss, Tensor) else loss

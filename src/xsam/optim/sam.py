@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -11,6 +11,8 @@ from torch.optim import Optimizer
 from ._core import SAMFamily, _Update
 
 __all__ = ["SAM"]
+
+_SAM_KEYWORDS = frozenset({"rho", "steps", "adaptive", "eta", "model", "perturbation"})
 
 
 class SAM(SAMFamily):
@@ -47,7 +49,11 @@ class SAM(SAMFamily):
             (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
             (every pass all-reduced: single-process training on the global batch). FSDP-sharded
             parameters imply ``"global"``. See :mod:`xsam.distributed`.
-        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``...).
+        base_kwargs: the base optimizer's settings as one mapping. Needed only when a setting
+            of the base optimizer has the name of one of the wrapper's (``rho``, ``steps``,
+            ``alpha``, ``eta``, ``model``, ...): such a name is refused as a plain keyword,
+            so that it can never silently reach the wrong optimizer.
+        **kwargs: the base optimizer's other settings (``lr``, ``momentum``, ``weight_decay``...).
 
     Example:
         >>> opt = xsam.SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, model=model)
@@ -80,7 +86,8 @@ class SAM(SAMFamily):
         eta: float = 0.01,
         model: nn.Module | None = None,
         perturbation: str | None = None,
-        **base_kwargs: Any,
+        base_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             params,
@@ -92,9 +99,11 @@ class SAM(SAMFamily):
             rho_max=None,
             model=model,
             perturbation=perturbation,
-            **base_kwargs,
+            base_kwargs=base_kwargs,
+            own_keywords=_SAM_KEYWORDS,
+            **kwargs,
         )
 
-    def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> None:
+    def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> bool:
         # d = g_k: the gradient already in .grad is the update direction.
-        return None
+        return True

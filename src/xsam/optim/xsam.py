@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,13 +11,28 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..policies import frozen_norm_stats
-from ._core import EPS, SAMFamily, _as_tensor, _check_number, _Update
+from ._args import as_real, check_number
+from ._core import EPS, SAMFamily, _as_tensor, _Update
 from ._vec import global_norm, global_sq_sums
 
 __all__ = ["XSAM", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]
 
 DEFAULT_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
 _PARALLEL = 1e-8  # sin ψ below this: v₀ ∥ v₁, use v₁
+_XSAM_KEYWORDS = frozenset(
+    {
+        "rho",
+        "steps",
+        "alpha",
+        "rho_max",
+        "alpha_grid",
+        "alpha_every",
+        "adaptive",
+        "eta",
+        "model",
+        "perturbation",
+    }
+)
 
 
 def slerp_coefficients(alpha: float | Tensor, psi: float | Tensor) -> tuple[Any, Any]:
@@ -84,7 +98,10 @@ class XSAM(SAMFamily):
             (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
             (every pass all-reduced: single-process training on the global batch). FSDP-sharded
             parameters imply ``"global"``. See :mod:`xsam.distributed`.
-        **base_kwargs: passed to ``base_optimizer``.
+        base_kwargs: the base optimizer's settings as one mapping. Needed only when a setting
+            of the base optimizer has the name of one of XSAM's (e.g. ``RMSprop``'s ``alpha``):
+            such a name written as a plain keyword is refused as ambiguous.
+        **kwargs: the base optimizer's other settings (``lr``, ``momentum``, ...).
 
     Example:
         >>> opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.15, lr=0.05,
@@ -122,7 +139,8 @@ class XSAM(SAMFamily):
         eta: float = 0.01,
         model: nn.Module | None = None,
         perturbation: str | None = None,
-        **base_kwargs: Any,
+        base_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         if isinstance(alpha, str):
             if alpha != "auto":
@@ -130,7 +148,7 @@ class XSAM(SAMFamily):
             self._auto = True
             fixed = 1.0
         else:
-            fixed = _check_number("alpha", alpha, low=-math.inf, strict=True)
+            fixed = check_number("alpha", alpha, low=-math.inf, strict=True)
             self._auto = False
         if alpha_grid is not None:
             if not self._auto:
@@ -150,7 +168,7 @@ class XSAM(SAMFamily):
             isinstance(alpha_every, bool) or not isinstance(alpha_every, int) or alpha_every < 1
         ):
             raise ValueError(f"alpha_every must be an integer >= 1 or None, got {alpha_every!r}")
-        if adaptive and isinstance(eta, (int, float)) and eta <= 0:
+        if adaptive is True and as_real("eta", eta) <= 0:
             raise ValueError(
                 f"eta must be > 0 for XSAM with adaptive=True (d is mapped back by 1/(|θ|+η)), got {eta!r}"
             )
@@ -171,7 +189,9 @@ class XSAM(SAMFamily):
             rho_max=rho_max,
             model=model,
             perturbation=perturbation,
-            **base_kwargs,
+            base_kwargs=base_kwargs,
+            own_keywords=_XSAM_KEYWORDS,
+            **kwargs,
         )
 
     # ------------------------------------------------------------------ α schedule
@@ -201,6 +221,9 @@ class XSAM(SAMFamily):
     def _needs_loss_fn(self) -> bool:
         return self.search_due
 
+    def _needs_positive_eta(self) -> bool:
+        return True
+
     def _direction_is_gk(self) -> bool:
         return not self._auto and self._alpha == 1.0
 
@@ -228,16 +251,21 @@ class XSAM(SAMFamily):
                 f"state_dict has alpha_mode={extra.get('alpha_mode')!r}, this optimizer "
                 f"{self.alpha_mode!r}"
             )
+        if not self._auto and float(extra["alpha"]) != self._alpha:
+            raise ValueError(
+                f"state_dict has the fixed alpha={float(extra['alpha']):g}, this optimizer "
+                f"alpha={self._alpha:g}; construct it with the saved alpha to resume"
+            )
         self._alpha = float(extra["alpha"])
         self._searched = bool(extra["searched"])
         self._since_search = int(extra["since_search"])
         self._search_requested = bool(extra["search_requested"])
 
     # ------------------------------------------------------------------ the descent
-    def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> None:
+    def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> bool:
         search = self.search_due
         if not search and not self._auto and self._alpha == 1.0:
-            return  # k-step SAM: d = g_k exactly
+            return True  # k-step SAM: d = g_k exactly
         P, T = u.params, u.scale  # notation follows the paper; P doubles as scratch space
         torch._foreach_sub_(P, u.theta0)  # θ_k − θ₀
         if T is not None:  # into ASAM coordinates: δ̃ = δ/T, g̃ = T·g
@@ -258,7 +286,10 @@ class XSAM(SAMFamily):
         # both vectors zero (zero gradients): ψ = arccos(0) = π/2 as in the specification
         psi = torch.where((n_minus == 0) & (n_plus == 0), torch.full_like(psi, math.pi / 2), psi)
         if search:
-            self._alpha = self._search(u, grads, float(psi), loss_fn)
+            found = self._search(u, grads, float(psi), loss_fn)
+            if found is None:
+                return False  # a non-finite probe: the whole update is skipped
+            self._alpha = found
         a, b = slerp_coefficients(self._alpha, psi)
         torch._foreach_mul_(P, n1 * a)
         torch._foreach_mul_(grads, n1 * b)
@@ -266,11 +297,13 @@ class XSAM(SAMFamily):
         if T is not None:
             torch._foreach_div_(grads, T)
         self._last.update({"psi": psi, "alpha": self._alpha, "ascent_norm": n0})
+        return True
 
     @torch.no_grad()
     def _search(
         self, u: _Update, v1: list[Tensor], psi: float, loss_fn: Callable[[], Any] | None
-    ) -> float:
+    ) -> float | None:
+        """α* from the probes, or ``None`` when a probe's loss is not finite (on any rank)."""
         if loss_fn is None:
             raise RuntimeError(
                 "XSAM: the alpha search is due but descent_direction()/descent_step() got no "
@@ -279,6 +312,7 @@ class XSAM(SAMFamily):
         P, T = u.params, u.scale
         v0 = [t.clone() for t in P]  # P becomes the probe point
         grads_aside = [p.grad for p in u.owners]  # probing with gradients must not touch v₁
+        everyone = self._group_params()
         losses = []
         try:
             with frozen_norm_stats(self.model):
@@ -291,25 +325,20 @@ class XSAM(SAMFamily):
                         torch._foreach_mul_(P, T)
                     torch._foreach_mul_(P, u.rho_max)
                     torch._foreach_add_(P, u.theta0)
-                    for p in u.owners:
+                    for p in everyone:
                         p.grad = None
                     losses.append(_as_tensor(loss_fn()).reshape(()))
         finally:
+            for p in everyone:
+                p.grad = None
             for p, g in zip(u.owners, grads_aside, strict=True):
                 p.grad = g
             torch._foreach_copy_(P, v0)
         wide = torch.float64 if any(t.dtype == torch.float64 for t in losses) else torch.float32
         values = torch.stack([t.to(losses[0].device, wide) for t in losses])
         values = self._dist.mean_over_ranks(values)
-        values = torch.nan_to_num(values, nan=-math.inf)
         self.last_probe_losses = values.tolist()
-        if not bool(torch.isfinite(values).any()) and not bool((values == math.inf).any()):
-            warnings.warn(
-                "XSAM: every alpha probe gave a non-finite loss; keeping alpha="
-                f"{self._alpha:g} and searching again at the next update",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return self._alpha
+        if not bool(torch.isfinite(values).all()):
+            return None
         self._searched_now = True
         return self.alpha_grid[int(torch.argmax(values))]  # first maximum = smallest α

@@ -1,0 +1,171 @@
+"""Checking what users hand the SAM-family optimizers: numbers, param groups and the split of
+keyword arguments between the wrapper and the base optimizer.
+
+Every check raises ``TypeError``/``ValueError`` with the argument's name, the rule and the value,
+before anything is changed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+# Hyperparameters the wrapper stores in every param group (so they are per-group, saved by
+# state_dict and reachable by schedulers).
+GROUP_KEYS = ("rho", "rho_max", "adaptive", "eta")
+
+# Every keyword a SAM-family constructor owns. A base optimizer setting with one of these names
+# must come through ``base_kwargs=`` so that no keyword can reach the wrong optimizer.
+FAMILY_KEYWORDS = frozenset(
+    {
+        "rho",
+        "steps",
+        "alpha",
+        "rho_max",
+        "alpha_grid",
+        "alpha_every",
+        "adaptive",
+        "eta",
+        "model",
+        "perturbation",
+        "base_kwargs",
+    }
+)
+XSAM_ONLY = frozenset({"alpha", "rho_max", "alpha_grid", "alpha_every"})
+
+
+def as_real(name: str, value: Any) -> float:
+    """``value`` as a Python float: ints, floats, NumPy scalars and one-element real tensors
+    are accepted; bools, strings, complex numbers and other objects are refused."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must be a real number, got a tensor of shape {tuple(value.shape)} "
+                f"and dtype {value.dtype}"
+            )
+        if value.is_meta:
+            raise TypeError(f"{name} must be a real number, got a meta tensor (it has no value)")
+        return float(value.detach().cpu().item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
+    return float(value)
+
+
+def check_number(name: str, value: Any, *, low: float, strict: bool) -> float:
+    """A finite real ``> low`` (``strict``) or ``>= low``, as a float."""
+    value = as_real(name, value)
+    bad = not math.isfinite(value) or (value <= low if strict else value < low)
+    if bad:
+        rule = f"> {low:g}" if strict else f">= {low:g}"
+        raise ValueError(f"{name} must be finite and {rule}, got {value!r}")
+    return value
+
+
+def check_group(group: dict[str, Any], where: str, *, positive_eta: bool) -> None:
+    """Validate (and normalise to floats) the wrapper's keys of one param group, in place.
+
+    ``where`` names the group in messages (e.g. ``"param_groups[1]"``); ``positive_eta``: the
+    variant divides by ``|θ| + η`` (XSAM with ``adaptive=True``)."""
+    group["rho"] = check_number(f"{where}['rho']", group["rho"], low=0.0, strict=False)
+    group["eta"] = check_number(f"{where}['eta']", group["eta"], low=0.0, strict=False)
+    if not isinstance(group["adaptive"], bool):
+        raise TypeError(f"{where}['adaptive'] must be a bool, got {group['adaptive']!r}")
+    if group["rho_max"] is not None:
+        group["rho_max"] = check_number(
+            f"{where}['rho_max']", group["rho_max"], low=0.0, strict=True
+        )
+    if positive_eta and group["adaptive"] and group["eta"] <= 0.0:
+        raise ValueError(
+            f"{where}['eta'] must be > 0 with adaptive=True (XSAM maps the direction back "
+            f"through 1/(|θ|+η), which is 0/0 where θ = 0 and η = 0), got {group['eta']!r}"
+        )
+
+
+def describe_param(p: Any, names: Mapping[int, str], group: int, index: int) -> str:
+    name = names.get(id(p))
+    where = f"param_groups[{group}]['params'][{index}]"
+    label = f"parameter {name!r} ({where})" if name else f"parameter {where}"
+    if isinstance(p, Tensor):
+        label += f" of shape {tuple(p.shape)} and dtype {p.dtype}"
+    return label
+
+
+def check_params(groups: list[dict[str, Any]], names: Mapping[int, str]) -> None:
+    """Refuse parameters the update cannot handle, naming the first one found."""
+    for gi, group in enumerate(groups):
+        for pi, p in enumerate(group["params"]):
+            if not isinstance(p, Tensor):
+                continue
+            if p.is_complex() or p.is_sparse:
+                kind = "complex" if p.is_complex() else "sparse"
+                raise ValueError(
+                    f"{describe_param(p, names, gi, pi)} is {kind}; complex and sparse "
+                    "parameters are not supported"
+                )
+
+
+def _accepted_keywords(cls: type[Optimizer]) -> tuple[set[str], bool]:
+    """The keyword names ``cls.__init__`` accepts, and whether it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):  # pragma: no cover - C extensions without a signature
+        return set(), True
+    names, var_kw = set(), False
+    for i, (name, prm) in enumerate(sig.parameters.items()):
+        if prm.kind is prm.VAR_KEYWORD:
+            var_kw = True
+        elif prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and i >= 2:
+            names.add(name)  # skip self and params
+    return names, var_kw
+
+
+def split_base_kwargs(
+    owner: str,
+    base_cls: type[Optimizer],
+    loose: dict[str, Any],
+    base_kwargs: Mapping[str, Any] | None,
+    explicit: frozenset[str],
+    own: frozenset[str],
+) -> dict[str, Any]:
+    """The keyword arguments for ``base_cls``, refusing every ambiguity.
+
+    ``loose``: keywords the wrapper's signature did not take (they go to the base optimizer);
+    ``base_kwargs``: the explicit mapping, if given; ``explicit``: every keyword the caller
+    wrote; ``own``: the keywords this wrapper's signature takes."""
+    accepted, var_kw = _accepted_keywords(base_cls)
+    base = base_cls.__name__
+    for name in sorted(loose):
+        if name in FAMILY_KEYWORDS:
+            what = "an XSAM setting" if name in XSAM_ONLY else "a SAM-family setting"
+            hint = (
+                f"; to set {base}'s own {name!r}, pass base_kwargs={{{name!r}: ...}}"
+                if name in accepted or var_kw
+                else ""
+            )
+            raise ValueError(
+                f"{owner} got {name}={loose[name]!r}, which is {what} that {owner} does not "
+                f"take{hint}"
+            )
+    if base_kwargs is None:
+        clash = sorted((explicit & own) & accepted - {"params"})
+        if clash:
+            name = clash[0]
+            raise ValueError(
+                f"{name!r} is both a {owner} setting and a {base} setting, so {name}=... is "
+                f"ambiguous; pass {base}'s settings as base_kwargs={{...}} (top-level keywords "
+                f"then belong to {owner} only)"
+            )
+        return dict(loose)
+    if not isinstance(base_kwargs, Mapping):
+        raise TypeError(f"base_kwargs must be a mapping, got {type(base_kwargs).__name__}")
+    both = sorted(set(base_kwargs) & set(loose))
+    if both:
+        raise ValueError(f"{both} given both as keywords and in base_kwargs; give each once")
+    return {**loose, **base_kwargs}

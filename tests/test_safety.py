@@ -1,0 +1,561 @@
+"""Paths an outside review found broken: every skipped, abandoned or failed update must leave
+weights, optimizer state and normalisation statistics exactly as they were; gradients never
+accumulate across passes; copies, checkpoints and constructor keywords do what they say."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import pickle
+import socket
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import xsam
+
+DT = torch.float64
+
+
+def net(seed: int = 0, bn: bool = False, dtype=DT) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(5, 7)]
+    if bn:
+        layers.append(nn.BatchNorm1d(7))
+    layers += [nn.Tanh(), nn.Linear(7, 3)]
+    return nn.Sequential(*layers).to(dtype)
+
+
+def data(seed: int = 1, n: int = 16, dtype=DT):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
+
+
+def closure_for(model, x, y):
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    return closure
+
+
+def snapshot(model, opt) -> dict:
+    """Everything a skipped update must leave untouched, cloned."""
+    base = opt.base_optimizer if isinstance(opt, xsam.SAMFamily) else opt
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "buffers": [b.detach().clone() for b in model.buffers()],
+        "state": copy.deepcopy(base.state_dict()["state"]),
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    for x, y in zip(a["params"] + a["buffers"], b["params"] + b["buffers"], strict=True):
+        assert torch.equal(x, y)
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for name, v in a["state"][k].items():
+            w = b["state"][k][name]
+            assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
+
+
+def all_finite(model, opt) -> bool:
+    base = opt.base_optimizer if isinstance(opt, xsam.SAMFamily) else opt
+    tensors = list(model.parameters()) + [
+        v for st in base.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+    ]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+# ------------------------------------------------------------------ 1. skips and scalers
+SCALERS = ["none", "disabled", "enabled"]
+
+
+def make_scaler(kind: str):
+    if kind == "none":
+        return None
+    return torch.amp.GradScaler("cpu", enabled=kind == "enabled", init_scale=2.0**8)
+
+
+@pytest.mark.parametrize("kind", SCALERS)
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+def test_skipped_lower_level_update_never_reaches_the_base_optimizer(kind, cls):
+    """A NaN pass on the lower-level path: whatever scaler is handed to descent_step (enabled,
+    disabled — the trainer's bf16 case — or none), weights, momentum and BatchNorm statistics
+    stay bit-identical, and an enabled scaler lowers its scale."""
+    model = net(bn=True)
+    opt = getattr(xsam, cls)(
+        model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, model=model
+    )
+    x, y = data()
+    opt.step(closure_for(model, x, y))  # momentum buffers exist
+    before = snapshot(model, opt)
+    scaler = make_scaler(kind)
+    scale0 = scaler.get_scale() if kind == "enabled" else None
+    scale = scaler.scale if kind == "enabled" else (lambda t: t)
+    with opt.clean_pass():
+        scale(F.cross_entropy(model(x), y)).backward()
+    opt.ascent_step()
+    with opt.perturbed_pass():
+        scale(F.cross_entropy(model(x), y) * float("nan")).backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ok = opt.descent_step(loss_fn=lambda: F.cross_entropy(model(x), y), scaler=scaler)
+    assert ok is False and opt.skipped_updates == 1
+    assert_same(before, snapshot(model, opt))
+    if kind == "enabled":
+        scaler.update()
+        assert scaler.get_scale() < scale0
+
+
+def test_bf16_diverging_training_keeps_weights_and_state_finite():
+    """The trainer's bf16 recipe (autocast, no loss scaling) at a diverging learning rate."""
+    model = net(dtype=torch.float32)
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=1e38, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(6):
+            x = torch.randn(16, 5, generator=g) * 100
+            y = torch.randint(0, 3, (16,), generator=g)
+
+            def fwd(x=x, y=y):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return F.cross_entropy(model(x), y)
+
+            with opt.clean_pass():
+                fwd().backward()
+            opt.ascent_step()
+            with opt.perturbed_pass():
+                fwd().backward()
+            opt.descent_step(loss_fn=fwd, scaler=scaler)
+    assert opt.skipped_updates > 0
+    assert all_finite(model, opt)
+
+
+# ------------------------------------------------------------------ 3. no accumulation
+class LateParam(nn.Module):
+    """``late`` is used only from the second pass of each update on."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(5, 3).to(DT)
+        self.late = nn.Parameter(torch.randn(3, dtype=DT))
+        self.calls = 0
+        self.seen: list[list[bool]] = []
+
+    def forward(self, x):
+        self.seen.append([p.grad is None for p in self.parameters()])
+        self.calls += 1
+        out = self.lin(x)
+        if self.calls % 100 != 1:
+            out = out + self.late
+        return out
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gradients_never_accumulate_across_passes(steps):
+    """A parameter without a gradient in the clean pass is outside the update: the gradients it
+    picks up in ascent passes are not summed into a step (k = 3 used to step it by 3x)."""
+    model = LateParam()
+    opt = xsam.SAM(model.parameters(), torch.optim.SGD, rho=0.1, steps=steps, lr=0.5)
+    x, y = data()
+    late0 = model.late.detach().clone()
+    model.calls = 0
+    opt.step(closure_for(model, x, y))
+    assert torch.equal(model.late.detach(), late0)
+    assert model.late.grad is None
+    assert all(all(row) for row in model.seen)  # every pass started with every grad None
+
+
+def test_gradient_enabled_probes_clear_every_gradient():
+    """A closure that calls backward() unconditionally makes probes run with gradients; no
+    parameter may keep what they leave behind."""
+    model = LateParam()
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.5, alpha_grid=[0.5, 1])
+
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    x, y = data()
+    late0 = model.late.detach().clone()
+    model.calls = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt.step(closure)
+    assert model.calls == 2 + 1 + 2  # 2 passes, a failed no-grad probe, 2 probes with grads
+    assert torch.equal(model.late.detach(), late0) and model.late.grad is None
+
+
+# ------------------------------------------------------------------ 4. per-group values
+def test_adaptive_xsam_refuses_eta_zero_in_any_group():
+    model = net()
+    groups = [
+        {"params": [model[0].weight], "eta": 0.0},
+        {"params": [p for n, p in model.named_parameters() if n != "0.weight"]},
+    ]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['eta'\]"):
+        xsam.XSAM(groups, torch.optim.SGD, adaptive=True, lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("rho", -0.1, r"param_groups\[1\]\['rho'\] must be finite and >= 0"),
+        ("rho", float("nan"), r"param_groups\[1\]\['rho'\]"),
+        ("rho_max", 0.0, r"param_groups\[1\]\['rho_max'\] must be finite and > 0"),
+        ("eta", 0.0, r"param_groups\[1\]\['eta'\] must be > 0"),
+        ("adaptive", "yes", r"param_groups\[1\]\['adaptive'\] must be a bool"),
+    ],
+)
+def test_group_values_set_after_construction_are_checked_at_step(key, value, message):
+    model = net()
+    opt = xsam.XSAM(
+        [{"params": list(model[0].parameters())}, {"params": list(model[2].parameters())}],
+        torch.optim.SGD,
+        adaptive=True,
+        lr=0.1,
+    )
+    opt.param_groups[1][key] = value
+    before = snapshot(model, opt)
+    with pytest.raises((ValueError, TypeError), match=message):
+        opt.step(closure_for(model, *data()))
+    assert_same(before, snapshot(model, opt))
+    assert all(p.grad is None for p in model.parameters())
+
+
+class NaNDirection(xsam.XSAM):
+    """An XSAM whose direction overflows although every pass was finite."""
+
+    def _descent(self, u, grads, loss_fn):
+        super()._descent(u, grads, loss_fn)
+        grads[0].view(-1)[0] = float("inf")
+        return True
+
+
+def test_a_non_finite_direction_never_reaches_the_base_optimizer():
+    model = net()
+    opt = NaNDirection(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    x, y = data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = snapshot(model, opt)
+        opt.step(closure_for(model, x, y))
+    assert opt.skipped_updates == 1 and opt.updates == 0
+    assert_same(before, snapshot(model, opt))
+
+
+# ------------------------------------------------------------------ 5. copy and pickle
+def _train_pair(model, opt, n=3):
+    for i in range(n):
+        opt.step(closure_for(model, *data(seed=10 + i)))
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+def test_copied_optimizer_trains_exactly_like_the_original(how, cls):
+    model = net(bn=True)
+    kw = dict(rho=0.1, lr=0.1, momentum=0.9, model=model)
+    if cls == "XSAM":
+        kw["alpha_every"] = 2
+    opt = getattr(xsam, cls)(model.parameters(), torch.optim.SGD, **kw)
+    _train_pair(model, opt, 2)
+    if how == "deepcopy":
+        model2, opt2 = copy.deepcopy((model, opt))
+    else:
+        model2, opt2 = pickle.loads(pickle.dumps((model, opt)))
+    assert opt2.model is model2
+    assert opt2.base_optimizer.param_groups is opt2.param_groups
+    assert torch.equal(_train_pair(model, opt, 3), _train_pair(model2, opt2, 3))
+    assert opt2.updates == opt.updates
+    for a, b in zip(model.buffers(), model2.buffers(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_copy_is_refused_in_the_middle_of_an_update():
+    model = net()
+    opt = xsam.SAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    x, y = data()
+    F.cross_entropy(model(x), y).backward()
+    opt.ascent_step()
+    with pytest.raises(RuntimeError, match="middle of an update"):
+        copy.deepcopy(opt)
+    opt.abort_update()
+    copy.deepcopy(opt)
+
+
+# ------------------------------------------------------------------ 6. distributed checkpoint
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gloo_one_process():
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(_free_port())
+    dist.init_process_group("gloo", rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torch_distributed_checkpoint_round_trip(gloo_one_process, tmp_path):
+    """get_optimizer_state_dict → dcp.save → dcp.load → set_optimizer_state_dict into a fresh
+    optimizer (which DCP initialises with step(None)): training then continues bit for bit,
+    the α schedule included."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    kw = dict(rho=0.1, lr=0.1, momentum=0.9, alpha_every=3)
+    model = net()
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, **kw)
+    _train_pair(model, opt, 2)
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=str(tmp_path))
+
+    model2 = net(seed=5)
+    model2.load_state_dict(model.state_dict())
+    opt2 = xsam.XSAM(model2.parameters(), torch.optim.SGD, **kw)
+    template = {"optim": get_optimizer_state_dict(model2, opt2)}
+    assert torch.equal(
+        torch.cat([p.detach().reshape(-1) for p in model2.parameters()]),
+        torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+    )  # DCP's state initialisation left the weights alone
+    dcp.load(template, checkpoint_id=str(tmp_path))
+    set_optimizer_state_dict(model2, opt2, template["optim"])
+    assert opt2.updates == 2 and opt2.alpha == opt.alpha
+    assert "sam_family" not in opt2.param_groups[0]
+    assert torch.equal(_train_pair(model, opt, 3), _train_pair(model2, opt2, 3))
+
+
+def test_step_without_closure_still_refused_outside_state_initialisation():
+    model = net()
+    opt = xsam.SAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    with pytest.raises(RuntimeError, match="needs a closure"):
+        opt.step()
+    F.cross_entropy(model(data()[0]), data()[1]).backward()
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    with pytest.raises(RuntimeError, match="needs a closure"):
+        opt.step()  # gradients are not zero: this is a forgotten closure, not DCP
+
+
+# ------------------------------------------------------------------ 7 and 9. abandoning
+def test_abort_update_restores_weights_and_statistics_exactly():
+    model = net(bn=True)
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1, model=model)
+    x, y = data()
+    before = snapshot(model, opt)
+    with opt.clean_pass():
+        F.cross_entropy(model(x), y).backward()
+    opt.ascent_step()
+    with opt.perturbed_pass():
+        F.cross_entropy(model(x), y).backward()
+    assert opt.update_in_progress
+    opt.abort_update()  # e.g. the second ascent pass ran out of memory
+    assert not opt.update_in_progress
+    assert_same(before, snapshot(model, opt))
+    assert all(p.grad is None for p in model.parameters())
+    # the next update is the one a fresh optimizer would make
+    twin = copy.deepcopy(model)
+    fresh = xsam.XSAM(twin.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1, model=twin)
+    opt.step(closure_for(model, x, y))
+    fresh.step(closure_for(twin, x, y))
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_exception_in_any_pass_restores_weights_and_batchnorm_statistics(fail_at):
+    """The closure raises in the ascent pass (1), in the second ascent pass (2) or in an α
+    probe (3): weights and BatchNorm running statistics (which the clean pass had already
+    moved) come back bit for bit."""
+    model = net(bn=True)
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.2, steps=2, lr=0.1, model=model)
+    x, y = data()
+    before = snapshot(model, opt)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == fail_at + 1:
+            raise Boom
+        loss = F.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    with pytest.raises(Boom):
+        opt.step(closure)
+    assert_same(before, snapshot(model, opt))
+    assert not opt.update_in_progress and opt.updates == 0
+
+
+# ------------------------------------------------------------------ 8. probes
+def test_non_finite_probe_loss_skips_the_update():
+    model = net()
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    x, y = data()
+    probes = []
+
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        else:
+            probes.append(1)
+            if len(probes) == 7:
+                loss = loss + float("inf")
+        return loss
+
+    before = snapshot(model, opt)
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        opt.step(closure)
+    assert opt.skipped_updates == 1 and opt.search_due
+    assert_same(before, snapshot(model, opt))
+
+
+# ------------------------------------------------------------------ 11. foreign groups
+def test_group_added_through_the_base_optimizer_gets_the_wrapper_defaults():
+    model = net()
+    opt = xsam.XSAM(list(model[0].parameters()), torch.optim.SGD, rho=0.1, lr=0.1, alpha=0.5)
+    opt.base_optimizer.add_param_group({"params": list(model[2].parameters())})
+    twin = net()
+    ref = xsam.XSAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, alpha=0.5)
+    x, y = data()
+    opt.step(closure_for(model, x, y))
+    ref.step(closure_for(twin, x, y))
+    assert opt.param_groups[1]["rho"] == 0.1
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+# ------------------------------------------------------------------ 12. keywords
+def test_ambiguous_keyword_is_refused_and_base_kwargs_resolves_it():
+    model = net()
+    with pytest.raises(ValueError, match="'alpha' is both a XSAM setting and a RMSprop"):
+        xsam.XSAM(model.parameters(), torch.optim.RMSprop, alpha=0.9, lr=0.01)
+    opt = xsam.XSAM(
+        model.parameters(), torch.optim.RMSprop, alpha=0.5, base_kwargs={"alpha": 0.9, "lr": 0.01}
+    )
+    assert opt.alpha == 0.5 and opt.param_groups[0]["alpha"] == 0.9
+    # not written: no ambiguity, RMSprop keeps its own default
+    opt = xsam.XSAM(model.parameters(), torch.optim.RMSprop, lr=0.01)
+    assert opt.param_groups[0]["alpha"] == 0.99 and opt.alpha_mode == "auto"
+
+
+def test_sam_refuses_xsam_settings_with_its_own_message():
+    model = net()
+    with pytest.raises(ValueError, match="SAM got alpha=1, which is an XSAM setting"):
+        xsam.SAM(model.parameters(), torch.optim.SGD, alpha=1, lr=0.1)
+    with pytest.raises(ValueError, match="base_kwargs"):
+        xsam.SAM(model.parameters(), torch.optim.RMSprop, alpha=0.9, lr=0.1)
+    opt = xsam.SAM(model.parameters(), torch.optim.RMSprop, base_kwargs={"alpha": 0.9}, lr=0.1)
+    assert opt.param_groups[0]["alpha"] == 0.9
+    with pytest.raises(ValueError, match="both as keywords and in base_kwargs"):
+        xsam.SAM(model.parameters(), torch.optim.SGD, base_kwargs={"lr": 0.1}, lr=0.2)
+
+
+# ------------------------------------------------------------------ 13. returned loss
+@pytest.mark.parametrize("rho", [0.0, 0.1])
+def test_step_returns_a_detached_loss(rho):
+    model = net()
+    opt = xsam.SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=0.1)
+    loss = opt.step(closure_for(model, *data()))
+    assert isinstance(loss, torch.Tensor) and not loss.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        float(loss)
+
+
+# ------------------------------------------------------------------ smaller ones
+def test_state_dict_hooks_registered_on_the_wrapper_run():
+    model = net()
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    seen = []
+    opt.register_state_dict_pre_hook(lambda o: seen.append("pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "note": "kept"})
+    opt.register_load_state_dict_pre_hook(lambda o, sd: seen.append("load-pre"))
+    opt.register_load_state_dict_post_hook(lambda o: seen.append("load-post"))
+    sd = opt.state_dict()
+    assert sd["note"] == "kept"
+    opt.load_state_dict(sd)
+    assert seen == ["pre", "load-pre", "load-post"]
+
+
+@pytest.mark.parametrize(
+    "rho", [np.float32(0.1), np.float64(0.1), np.int64(0), torch.tensor(0.1), torch.tensor([0.1])]
+)
+def test_rho_accepts_numpy_scalars_and_one_element_tensors(rho):
+    model = net()
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=rho, rho_max=np.float32(0.3), lr=0.1)
+    assert isinstance(opt.param_groups[0]["rho"], float)
+    assert opt.param_groups[0]["rho"] == pytest.approx(float(rho))
+    opt.param_groups[0]["rho"] = np.float32(0.05)  # as a scheduler might set it
+    opt.step(closure_for(model, *data()))
+    assert opt.param_groups[0]["rho"] == pytest.approx(0.05)
+
+
+def test_rho_refuses_bools_strings_and_complex():
+    model = net()
+    for bad in (True, "0.1", 0.1j, torch.tensor([0.1, 0.2])):
+        with pytest.raises(TypeError, match="rho must be a real number"):
+            xsam.SAM(model.parameters(), torch.optim.SGD, rho=bad, lr=0.1)
+
+
+def test_fixed_alpha_is_not_silently_replaced_by_a_checkpoint():
+    model = net()
+    a = xsam.XSAM(model.parameters(), torch.optim.SGD, alpha=1.0, lr=0.1)
+    b = xsam.XSAM(model.parameters(), torch.optim.SGD, alpha=0.5, lr=0.1)
+    with pytest.raises(ValueError, match="fixed alpha=1"):
+        b.load_state_dict(a.state_dict())
+    assert b.alpha == 0.5
+    c = xsam.XSAM(model.parameters(), torch.optim.SGD, alpha=1.0, lr=0.1)
+    c.load_state_dict(a.state_dict())
+
+
+def test_meta_parameters_get_a_clear_error():
+    with torch.device("meta"):
+        model = nn.Linear(5, 3)
+    opt = xsam.SAM(model.parameters(), torch.optim.SGD, lr=0.1, model=model)
+    x = torch.randn(4, 5, device="meta")
+
+    def closure():
+        loss = model(x).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="parameter 'weight'.*meta device.*materialise"):
+        opt.step(closure)
+
+
+def test_complex_parameter_error_names_the_parameter():
+    model = nn.Linear(4, 2)
+    model.register_parameter("c", nn.Parameter(torch.zeros(3, dtype=torch.complex64)))
+    with pytest.raises(ValueError, match=r"parameter 'c' \(param_groups\[0\]\['params'\]\[2\]\)"):
+        xsam.SAM(model.parameters(), torch.optim.SGD, lr=0.1, model=model)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[2\] of shape \(3,\)"):
+        xsam.SAM(model.parameters(), torch.optim.SGD, lr=0.1)
