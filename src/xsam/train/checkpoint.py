@@ -28,6 +28,7 @@ from .config import ConfigError, TrainConfig
 __all__ = [
     "CHECKPOINT",
     "CONFIG",
+    "KEPT_DIR",
     "METRIC_KEYS",
     "METRICS_CSV",
     "METRICS_JSONL",
@@ -48,6 +49,9 @@ __all__ = [
 CONFIG, RUN_INFO, CHECKPOINT = "config.json", "run.json", "last.pt"
 METRICS_JSONL, METRICS_CSV = "metrics.jsonl", "metrics.csv"
 RUN_FILES = (CONFIG, RUN_INFO, CHECKPOINT, METRICS_JSONL, METRICS_CSV)
+KEPT_DIR = "checkpoints"
+"""The folder of the weights kept after every epoch (``keep_checkpoints``):
+``epochNNN.pt``."""
 
 METRIC_KEYS = (
     "epoch",

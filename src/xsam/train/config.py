@@ -27,6 +27,7 @@ __all__ = [
     "PAPER_ALPHA_GRID",
     "PRESETS",
     "PRESET_NOTES",
+    "RESUME_FREE_KEYS",
     "SCHEDULES",
     "TrainConfig",
     "apply_overrides",
@@ -36,6 +37,7 @@ __all__ = [
     "parse_augment",
     "parse_field",
     "resolve_config",
+    "resume_diff",
 ]
 
 OPTIMIZERS = ("sgd", "sam", "xsam")
@@ -45,6 +47,8 @@ SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("off", "bf16", "fp16")
 AUGMENT_ALIASES = {"paper": "crop4+flip+cutout16@0.5", "none": ""}
 PAPER_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
+RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset", "keep_checkpoints"})
+"""Config fields a resumed run may change: they do not change the results (on one device)."""
 
 
 class ConfigError(ValueError):
@@ -211,6 +215,13 @@ class TrainConfig:
     @property
     def augmentation(self) -> Augment:
         return parse_augment(self.augment)
+
+
+def resume_diff(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """``"key: old -> new"`` for every field outside :data:`RESUME_FREE_KEYS` in which two
+    (validated) configs differ: why ``new`` cannot continue a run made with ``saved``."""
+    a, b = saved.to_dict(), new.to_dict()
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUME_FREE_KEYS and a[k] != b[k]]
 
 
 # ---------------------------------------------------------------------- field parsers

@@ -1,54 +1,60 @@
-"""The training loop: ``train(config) -> result``, read top to bottom.
+"""The training loop: ``train(config) -> result``.
 
-One epoch: (XSAM, ``alpha_every=None``) ask for an α search at its first update; for every
-batch set the learning rate from :func:`lr_factor`, run one update, accumulate the clean-pass
-loss and accuracy and the optimizer's statistics; then evaluate on the test set, append a row of
-metrics, write ``last.pt`` and the metrics files. Everything random is seeded from
-``config.seed`` (model init, data order, augmentation), so on the CPU a run is a function of its
-config, and a resumed run continues bit for bit.
+Read it in this order:
+
+1. :func:`train` (this module) — the entry point: joins ``torchrun``'s process group if there
+   is one, opens the run folder (new, resumed, or already complete) and calls :func:`_run`.
+2. :func:`_run` — the whole run in a screenful: data, state, resume, then for every epoch
+   ``run_epoch`` → append the row → write the run folder.
+3. :func:`prepare_data` (this module) — which examples the run trains, validates and tests on
+   (:func:`select_examples`) and their loaders (:func:`make_loaders`).
+4. :mod:`xsam.train.state` — :class:`~xsam.train.state.RunState`, everything that changes while
+   the run trains, with ``checkpoint()`` / ``restore()``; :func:`lr_factor`; the optimizer.
+5. :mod:`xsam.train.updates` — one update per optimizer kind (plain, SAM closure, SAM under
+   autocast), each ``update(x, y) -> UpdateResult``.
+6. :mod:`xsam.train.epoch` — one epoch: the updates, :func:`evaluate`, the metrics row.
+
+Everything random is seeded from ``config.seed`` (model init, data order, augmentation), so on
+the CPU a run is a function of its config, and a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import platform
-import random
 import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import SAM, XSAM, __version__
-from ..data import BatchLoader, load_dataset
-from ..models import build_model
-from ..policies import NormStatsSnapshot
+from .. import __version__
+from ..data import BatchLoader, ImageDataset, load_dataset
 from .checkpoint import (
     CHECKPOINT,
     CONFIG,
+    KEPT_DIR,
     RUN_INFO,
     TIME_KEYS,
     atomic_save,
     atomic_write_text,
-    get_rng_state,
     load_checkpoint,
     prepare_run_dir,
     read_metrics,
     run_status,
-    set_rng_state,
     write_metrics,
 )
-from .config import ConfigError, TrainConfig
+from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, resume_diff
+from .epoch import epoch_line, evaluate, run_epoch
+from .ranks import Ranks, init_ranks
+from .state import RunState, build_optimizer, build_run_state, lr_factor
+from .updates import make_autocast, make_update
 
 __all__ = [
     "RESUME_FREE_KEYS",
@@ -68,228 +74,8 @@ seeds (and different optimizers) see the same examples."""
 VAL_SEED = 1
 """Seed of the validation split (``val_size``): fixed for the same reason."""
 
-RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset", "keep_checkpoints"})
-"""Config fields a resumed run may change: they do not change the results (on one device)."""
 
-
-# ---------------------------------------------------------------------- processes
-class _Ranks:
-    """This process's place under ``torchrun`` (rank 0 of 1 otherwise)."""
-
-    def __init__(self, rank: int = 0, world: int = 1, owned: bool = False) -> None:
-        self.rank, self.world, self.owned = rank, world, owned
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def share(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def sum_(self, *tensors: torch.Tensor) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            for t in tensors:
-                dist.all_reduce(t)
-
-    def align_buffers(self, model: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm statistics, which each rank's clean pass updates from
-        its own batch) on every rank, so that evaluation and checkpoints agree."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            for b in model.buffers():
-                dist.broadcast(b, src=0)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-def _init_ranks(device_name: str) -> _Ranks:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1): NCCL when the run
-    uses CUDA, gloo otherwise. A group that already exists is used as it is."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Ranks()
-    import torch.distributed as dist
-
-    owned = False
-    if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and not str(device_name).startswith("cpu")
-        dist.init_process_group("nccl" if cuda else "gloo")
-        owned = True
-    return _Ranks(dist.get_rank(), dist.get_world_size(), owned)
-
-
-# ---------------------------------------------------------------------- pure helpers
-def lr_factor(
-    step: int, total_steps: int, schedule: str = "cosine", warmup_steps: int = 0
-) -> float:
-    """The learning-rate multiplier of update ``step`` (0-based) out of ``total_steps``.
-
-    Linear warm-up ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` updates; then
-    ``constant``: 1, or ``cosine``: ``(1 + cos(π t / T)) / 2`` with ``t = step − warmup_steps``
-    and ``T = total_steps − warmup_steps`` (1 at the first update after warm-up, towards 0 at
-    the end)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule != "cosine":
-        raise ValueError(f"schedule should be 'cosine' or 'constant' but is: {schedule!r}")
-    span = max(1, total_steps - warmup_steps)
-    t = min(max(step - warmup_steps, 0), span) / span
-    return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def balanced_subset(y: torch.Tensor, n: int, seed: int = SUBSET_SEED) -> torch.Tensor:
-    """Sorted indices of ``n`` examples, as balanced over the classes as possible.
-
-    The examples of every class are put in a random order (from ``seed``); then the first of
-    every class, the second of every class, and so on are taken until there are ``n``. So a
-    smaller ``n`` gives a subset of a larger one's."""
-    y = y.cpu()
-    if n >= len(y):
-        return torch.arange(len(y))
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    ys = y[perm]
-    num_classes = int(ys.max()) + 1
-    by_class = torch.argsort(ys, stable=True)
-    counts = torch.bincount(ys, minlength=num_classes)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(ys)
-    rank[by_class] = torch.arange(len(ys)) - starts[ys[by_class]]
-    key = rank * num_classes + ys
-    return perm[torch.argsort(key)[:n]].sort().values
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the first CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
-    return torch.device(name)
-
-
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer ``config`` describes, over ``model``'s parameters (``model`` may be a
-    ``DistributedDataParallel`` wrapper: the perturbation mode then applies)."""
-    base_cls: type[torch.optim.Optimizer]
-    base_kw: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    if config.base == "sgd":
-        base_cls = torch.optim.SGD
-        base_kw.update(momentum=config.momentum, nesterov=config.nesterov)
-    else:
-        base_cls = torch.optim.AdamW
-    params = model.parameters()
-    try:
-        if config.optimizer == "sgd":
-            return base_cls(params, **base_kw)
-        sam_kw: dict[str, Any] = dict(
-            rho=config.rho, steps=config.steps, adaptive=config.adaptive, eta=config.eta
-        )
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            sam_kw["perturbation"] = config.perturbation
-        if config.optimizer == "sam":
-            return SAM(params, base_cls, model=model, **sam_kw, **base_kw)
-        return XSAM(
-            params,
-            base_cls,
-            model=model,
-            alpha=config.alpha,
-            rho_max=config.rho_max if config.rho_max else None,
-            alpha_grid=config.alpha_grid,
-            alpha_every=config.alpha_every,
-            **sam_kw,
-            **base_kw,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid optimizer settings: {exc}") from None
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: BatchLoader, autocast: Callable[[], Any] = contextlib.nullcontext
-) -> tuple[float, float]:
-    """``(mean cross-entropy, accuracy)`` of ``model`` (in eval mode) over ``loader``."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
-    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
-    n = 0
-    for x, y in loader:
-        with autocast():
-            out = model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
-    model.train(was_training)
-    return float(loss_sum) / max(n, 1), int(correct) / max(n, 1)
-
-
-def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best test accuracy, the best epoch, the final validation accuracy (``None``
-    without a validation set) and the wall time of a run's metrics."""
-    if not metrics:
-        return {
-            "final_test_acc": None,
-            "best_test_acc": None,
-            "best_epoch": None,
-            "final_val_acc": None,
-            "wall_s": 0.0,
-        }
-    best = max(metrics, key=lambda r: r["test_acc"])
-    return {
-        "final_test_acc": metrics[-1]["test_acc"],
-        "best_test_acc": best["test_acc"],
-        "final_val_acc": metrics[-1].get("val_acc"),
-        "best_epoch": best["epoch"],
-        "wall_s": metrics[-1]["wall_s"],
-    }
-
-
-def _mean(values: list[float]) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
-
-
-def _config_diff(saved: TrainConfig, new: TrainConfig) -> list[str]:
-    a, b = saved.to_dict(), new.to_dict()
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUME_FREE_KEYS and a[k] != b[k]]
-
-
-def _run_info(device: torch.device, data: Any, model: nn.Module, train_examples: int) -> dict:
-    return {
-        "argv": sys.argv,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "xsam": __version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(),
-        "data_source": data.source,
-        "data_fingerprint": data.fingerprint(),
-        "train_examples": train_examples,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-
-
-# ---------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------- 1. the entry point
 def train(
     config: TrainConfig,
     *,
@@ -324,7 +110,7 @@ def train(
         xsam.data.DataError: the data set cannot be found or read.
     """
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    ranks = _init_ranks(str(config.device))
+    ranks = init_ranks(str(config.device))
     try:
         return _train(
             config,
@@ -352,22 +138,13 @@ def _train(
     stop_after: int | None,
     log: Callable[[str], None] | None,
     progress: bool,
-    ranks: _Ranks | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
-    ranks = ranks or _Ranks()
+    ranks = ranks or Ranks()
     cfg = config.validated()
     say = log or (lambda s: None)
     run_dir = Path(cfg.out) if cfg.out is not None else None
-    device = resolve_device(cfg.device)
-    if ranks.world > 1:
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        if cfg.batch_size % ranks.world:
-            raise ConfigError(
-                f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
-                f"({ranks.world}): it is the global batch, split evenly over the ranks"
-            )
+    device = _process_device(cfg, ranks)
     # Rank 0 owns the run folder; the others follow its decision (or its error).
     outcome: Any = None
     if ranks.main:
@@ -381,9 +158,22 @@ def _train(
     mode, done = outcome
     if done is not None:
         return _result(cfg, done, complete=True, resumed_from=len(done), model=None)
-    return _train_body(
-        cfg, run_dir, mode, device, ranks, say, progress and log is not None, stop_after
-    )
+    return _run(cfg, run_dir, mode, device, ranks, say, progress and log is not None, stop_after)
+
+
+def _process_device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
+    """The device this process trains on (under ``torchrun``: its ``LOCAL_RANK``'s GPU)."""
+    device = resolve_device(cfg.device)
+    if ranks.world > 1:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if cfg.batch_size % ranks.world:
+            raise ConfigError(
+                f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
+                f"({ranks.world}): it is the global batch, split evenly over the ranks"
+            )
+    return device
 
 
 def _open_run(
@@ -399,7 +189,7 @@ def _open_run(
     if run_dir is not None:
         status, saved, _ = run_status(run_dir)
         if resume and saved is not None and status != "started":
-            diff = _config_diff(saved.validated(), cfg)
+            diff = resume_diff(saved.validated(), cfg)
             if diff:
                 raise ConfigError(
                     f"cannot resume {run_dir}: the config differs from the saved one "
@@ -415,338 +205,260 @@ def _open_run(
     return mode, None
 
 
-def _train_body(
+# ---------------------------------------------------------------------- 2. the run
+def _run(
     cfg: TrainConfig,
     run_dir: Path | None,
     mode: str,
     device: torch.device,
-    ranks: _Ranks,
+    ranks: Ranks,
     say: Callable[[str], None],
     progress: bool,
     stop_after: int | None,
 ) -> dict[str, Any]:
     writer = run_dir if ranks.main else None  # only rank 0 writes
-
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    data = prepare_data(cfg, device, ranks)
+    state = build_run_state(
+        cfg,
+        data.train,
+        num_classes=data.dataset.num_classes,
+        in_channels=data.dataset.image_shape[0],
+        data_fingerprint=data.fingerprint,
+        device=device,
+        ranks=ranks,
+    )
+    info = _run_info(device, data, state.model, ranks)
+    if mode == "resume":
+        assert run_dir is not None
+        _resume(state, run_dir, writer, info)
+        say(f"{run_dir}: resuming after epoch {state.epoch}/{cfg.epochs}")
+    elif writer is not None:
+        atomic_write_text(writer / CONFIG, cfg.to_json())
+        atomic_write_text(writer / RUN_INFO, _to_json(info))
+    resumed_from = state.epoch if mode == "resume" else None
 
-    # ---- data
+    autocast = make_autocast(cfg.amp, device)
+    update = make_update(state, autocast)
+    show = tqdm.write if progress else say
+    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    for epoch in range(state.epoch, last_epoch):
+        row = run_epoch(
+            state,
+            update,
+            epoch,
+            eval_loaders={"test": data.test, "val": data.val},
+            autocast=autocast,
+            ranks=ranks,
+            progress=progress,
+        )
+        state.metrics.append(row)
+        if writer is not None:
+            write_epoch(state, writer)
+        ranks.barrier()  # a resume on any rank reads a finished checkpoint
+        show(epoch_line(row, cfg.epochs))
+    complete = len(state.metrics) >= cfg.epochs
+    return _result(
+        cfg, state.metrics, complete=complete, resumed_from=resumed_from, model=state.model
+    )
+
+
+def _resume(state: RunState, run_dir: Path, writer: Path | None, info: dict[str, Any]) -> None:
+    """Put ``state`` where ``run_dir``'s checkpoint left it; rank 0 brings the metrics files
+    up to the checkpoint and notes the resume in ``run.json``."""
+    state.restore(load_checkpoint(run_dir / CHECKPOINT), run_dir)
+    if writer is not None:
+        write_metrics(writer, state.metrics)  # in case they lag behind the checkpoint
+        old = _read_json(writer / RUN_INFO)
+        old.setdefault("resumed", []).append({k: info[k] for k in ("argv", "started", "host")})
+        info = {**old, "device": info["device"], "threads": info["threads"]}
+        atomic_write_text(writer / RUN_INFO, _to_json(info))
+
+
+def write_epoch(state: RunState, run_dir: Path) -> None:
+    """After an epoch: ``last.pt``, the kept weights (``keep_checkpoints``) and the metrics
+    files, in that order (so the metrics never run ahead of the checkpoint)."""
+    ckpt = state.checkpoint()
+    atomic_save(ckpt, run_dir / CHECKPOINT)
+    if state.config.keep_checkpoints:  # weights only, for the analysis tools (xsam probe)
+        keep = {"format": ckpt["format"], "epoch": ckpt["epoch"], "model": ckpt["model"]}
+        (run_dir / KEPT_DIR).mkdir(exist_ok=True)
+        atomic_save(keep, run_dir / KEPT_DIR / f"epoch{ckpt['epoch']:03d}.pt")
+    write_metrics(run_dir, state.metrics)
+
+
+# ---------------------------------------------------------------------- 3. the data
+@dataclass
+class Examples:
+    """The examples a run uses, as uint8 images and labels: train, test and (with
+    ``val_size``) validation."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+
+@dataclass
+class RunData:
+    """The run's loaders: ``train`` (this rank's shard, shuffled and augmented from the seed),
+    ``test`` and ``val`` (``None`` without ``val_size``), with the data set they come from, its
+    fingerprint and the number of training examples (over all ranks)."""
+
+    dataset: ImageDataset
+    fingerprint: str
+    train: BatchLoader
+    test: BatchLoader
+    val: BatchLoader | None
+    train_examples: int
+
+
+def prepare_data(cfg: TrainConfig, device: torch.device, ranks: Ranks | None = None) -> RunData:
+    """Load ``cfg.dataset`` and build the run's loaders (see :func:`select_examples`)."""
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    train_x, train_y, test_x, test_y = data.train_x, data.train_y, data.test_x, data.test_y
-    val_loader = None
+    return make_loaders(cfg, data, select_examples(cfg, data), device, ranks or Ranks())
+
+
+def select_examples(cfg: TrainConfig, data: ImageDataset) -> Examples:
+    """The run's examples, in this order: the validation split (``val_size`` examples of the
+    training set, a fixed class-balanced subset from :data:`VAL_SEED`) is held out; then the
+    training set is cut to ``limit_train`` and the test set to ``limit_test`` (fixed
+    class-balanced subsets from :data:`SUBSET_SEED`). So with ``val_size=V`` and
+    ``limit_train=L`` the run trains on ``min(L, N - V)`` examples."""
+    ex = Examples(data.train_x, data.train_y, data.test_x, data.test_y)
     if cfg.val_size is not None:
-        if cfg.val_size >= len(train_y):
+        if cfg.val_size >= len(ex.train_y):
             raise ConfigError(
-                f"val_size should be < the {len(train_y)} training examples of {cfg.dataset} "
+                f"val_size should be < the {len(ex.train_y)} training examples of {cfg.dataset} "
                 f"but is: {cfg.val_size}"
             )
-        val_idx = balanced_subset(train_y, cfg.val_size, seed=VAL_SEED)
-        keep = torch.ones(len(train_y), dtype=torch.bool)
+        val_idx = balanced_subset(ex.train_y, cfg.val_size, seed=VAL_SEED)
+        keep = torch.ones(len(ex.train_y), dtype=torch.bool)
         keep[val_idx] = False
-        val_loader = BatchLoader(
-            train_x[val_idx],
-            train_y[val_idx],
-            cfg.eval_batch_size,
-            shuffle=False,
-            mean=data.mean,
-            std=data.std,
-            device=device,
-        )
-        train_x, train_y = train_x[keep], train_y[keep]
+        ex.val_x, ex.val_y = ex.train_x[val_idx], ex.train_y[val_idx]
+        ex.train_x, ex.train_y = ex.train_x[keep], ex.train_y[keep]
     if cfg.limit_train is not None:
-        idx = balanced_subset(train_y, cfg.limit_train)
-        train_x, train_y = train_x[idx], train_y[idx]
+        idx = balanced_subset(ex.train_y, cfg.limit_train)
+        ex.train_x, ex.train_y = ex.train_x[idx], ex.train_y[idx]
     if cfg.limit_test is not None:
-        idx = balanced_subset(test_y, cfg.limit_test)
-        test_x, test_y = test_x[idx], test_y[idx]
-    loader = BatchLoader(
-        train_x,
-        train_y,
+        idx = balanced_subset(ex.test_y, cfg.limit_test)
+        ex.test_x, ex.test_y = ex.test_x[idx], ex.test_y[idx]
+    return ex
+
+
+def make_loaders(
+    cfg: TrainConfig, data: ImageDataset, ex: Examples, device: torch.device, ranks: Ranks
+) -> RunData:
+    """The loaders of ``ex``: training sharded over the ranks (``batch_size`` is the global
+    batch), shuffled and augmented from ``cfg.seed``; evaluation in order, unaugmented."""
+    norm = {"mean": data.mean, "std": data.std, "device": device}
+
+    def evaluation(x: torch.Tensor, y: torch.Tensor) -> BatchLoader:
+        return BatchLoader(x, y, cfg.eval_batch_size, shuffle=False, **norm)
+
+    val = evaluation(ex.val_x, ex.val_y) if ex.val_x is not None else None
+    assert (ex.val_x is None) == (ex.val_y is None)
+    train = BatchLoader(
+        ex.train_x,
+        ex.train_y,
         cfg.batch_size // ranks.world,
         rank=ranks.rank,
         world_size=ranks.world,
         shuffle=True,
         augment=cfg.augmentation,
-        mean=data.mean,
-        std=data.std,
         seed=cfg.seed,
-        device=device,
+        **norm,
     )
-    test_loader = BatchLoader(
-        test_x,
-        test_y,
-        cfg.eval_batch_size,
-        shuffle=False,
-        mean=data.mean,
-        std=data.std,
-        device=device,
+    return RunData(
+        dataset=data,
+        fingerprint=data.fingerprint(),
+        train=train,
+        test=evaluation(ex.test_x, ex.test_y),
+        val=val,
+        train_examples=len(ex.train_y),
     )
 
-    # ---- model, optimizer, schedule
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.image_shape[0])
-    model.to(device)
-    net: nn.Module = model  # what the training passes call; DDP under torchrun
-    if ranks.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    opt = build_optimizer(cfg, net)
-    is_sam = isinstance(opt, (SAM, XSAM))
-    is_xsam = isinstance(opt, XSAM)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
 
-    def autocast() -> Any:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
+def balanced_subset(y: torch.Tensor, n: int, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """Sorted indices of ``n`` examples, as balanced over the classes as possible.
 
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    snapshot = NormStatsSnapshot(model) if is_sam and amp_dtype is not None else None
+    The examples of every class are put in a random order (from ``seed``); then the first of
+    every class, the second of every class, and so on are taken until there are ``n``. So a
+    smaller ``n`` gives a subset of a larger one's."""
+    y = y.cpu()
+    if n >= len(y):
+        return torch.arange(len(y))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    ys = y[perm]
+    num_classes = int(ys.max()) + 1
+    by_class = torch.argsort(ys, stable=True)
+    counts = torch.bincount(ys, minlength=num_classes)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(ys)
+    rank[by_class] = torch.arange(len(ys)) - starts[ys[by_class]]
+    key = rank * num_classes + ys
+    return perm[torch.argsort(key)[:n]].sort().values
 
-    metrics: list[dict[str, Any]] = []
-    start_epoch, global_step, skipped_plain = 0, 0, 0
-    info = _run_info(device, data, model, len(train_y))
-    info["processes"] = ranks.world
-    if mode == "resume":
-        assert run_dir is not None
-        ckpt = load_checkpoint(run_dir / CHECKPOINT)
-        if ckpt.get("data_fingerprint") != info["data_fingerprint"]:
-            raise ConfigError(
-                f"cannot resume {run_dir}: the data set differs from the one the run started "
-                f"with (fingerprint {str(ckpt.get('data_fingerprint'))[:12]}… vs "
-                f"{info['data_fingerprint'][:12]}…)"
-            )
-        try:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            loader.load_state_dict(ckpt["loader"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"cannot resume from {run_dir / CHECKPOINT}: {exc}") from None
-        set_rng_state(ckpt["rng"])
-        metrics = list(ckpt["metrics"])
-        start_epoch = int(ckpt["epoch"])
-        global_step = int(ckpt["scheduler"]["step"])
-        skipped_plain = int(ckpt.get("skipped_plain", 0))
-        if writer is not None:
-            write_metrics(run_dir, metrics)  # in case they lag behind the checkpoint
-            old = _read_json(run_dir / RUN_INFO)
-            old.setdefault("resumed", []).append({k: info[k] for k in ("argv", "started", "host")})
-            info = {**old, "device": info["device"], "threads": info["threads"]}
-            atomic_write_text(run_dir / RUN_INFO, _to_json(info))
-        say(f"{run_dir}: resuming after epoch {start_epoch}/{cfg.epochs}")
-    elif writer is not None:
-        atomic_write_text(run_dir / CONFIG, cfg.to_json())
-        atomic_write_text(run_dir / RUN_INFO, _to_json(info))
-    resumed_from = start_epoch if mode == "resume" else None
 
-    # ---- one update
-    clean_out: list[torch.Tensor] = []
+# ---------------------------------------------------------------------- small helpers
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    return torch.device(name)
 
-    def sam_closure_update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        def closure() -> torch.Tensor:
-            out = net(x)
-            loss = criterion(out, y)
-            if torch.is_grad_enabled():
-                loss.backward()
-            if not clean_out:
-                clean_out.append(out.detach())
-            return loss
 
-        return opt.step(closure).detach()
-
-    def sam_amp_update(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        def forward() -> tuple[torch.Tensor, torch.Tensor]:
-            with autocast():
-                out = net(x)
-                return criterion(out, y), out
-
-        def probe() -> torch.Tensor:
-            with torch.no_grad():
-                return forward()[0]
-
-        assert snapshot is not None
-        snapshot.save()
-        opt.zero_grad(set_to_none=True)
-        with opt.clean_pass():  # type: ignore[attr-defined]
-            loss, out = forward()
-            scaler.scale(loss).backward()
-        clean_out.append(out.detach())
-        for _ in range(opt.steps):  # type: ignore[attr-defined]
-            opt.ascent_step()  # type: ignore[attr-defined]
-            with opt.perturbed_pass():  # type: ignore[attr-defined]
-                scaler.scale(forward()[0]).backward()
-        ok = opt.descent_step(loss_fn=probe, scaler=scaler)  # type: ignore[attr-defined]
-        scaler.update()
-        if not ok:
-            snapshot.restore()
-        return loss.detach()
-
-    def plain_update(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            out = net(x)
-            loss = criterion(out, y)
-        clean_out.append(out.detach())
-        scaler.scale(loss).backward()
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
-        norm_f, loss_f = float(norm), float(loss.detach())
-        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-        ok = math.isfinite(norm_f) and math.isfinite(loss_f)
-        if ok or scaler.is_enabled():  # a GradScaler skips a non-finite step itself
-            scaler.step(opt)
-            scaler.update()
-        return loss.detach(), norm_f / scale, ok
-
-    # ---- the epochs
-    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-    show = tqdm.write if progress else say
-    wall = metrics[-1]["wall_s"] if metrics else 0.0
-    for epoch in range(start_epoch, last_epoch):
-        model.train()
-        loader.set_epoch(epoch)
-        if is_xsam and cfg.alpha_every is None:
-            opt.request_alpha_search()  # type: ignore[attr-defined]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen, searches = 0, 0
-        stats: dict[str, list[float]] = {"psi": [], "g0_norm": [], "gk_norm": []}
-        probes = getattr(opt, "last_probe_losses", None)
-        epoch_lr = base_lrs[0] * lr_factor(global_step, total_steps, cfg.schedule, warmup_steps)
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            leave=False,
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        t0 = time.perf_counter()
-        for x, y in loader:
-            factor = lr_factor(global_step, total_steps, cfg.schedule, warmup_steps)
-            for g, lr0 in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr0 * factor
-            clean_out.clear()
-            if not is_sam:
-                loss, g0, ok = plain_update(x, y)
-                stats["g0_norm"].append(g0)
-                skipped_plain += not ok
-            else:
-                scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-                loss = sam_amp_update(x, y) if amp_dtype is not None else sam_closure_update(x, y)
-                last = opt.last_stats  # type: ignore[attr-defined]
-                for key in stats:
-                    if key in last:
-                        stats[key].append(last[key] / (1.0 if key == "psi" else scale))
-                if is_xsam and opt.last_probe_losses is not probes:  # type: ignore[attr-defined]
-                    probes = opt.last_probe_losses  # type: ignore[attr-defined]
-                    searches += 1
-            n = len(y)
-            loss_sum += loss.double() * n
-            correct += (clean_out[0].argmax(1) == y).sum()
-            seen += n
-            global_step += 1
-            bar.update(1)
-            if progress and global_step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-        train_time = time.perf_counter() - t0
-        bar.close()
-        seen_t = torch.tensor(seen, dtype=torch.int64, device=device)
-        ranks.sum_(loss_sum, correct, seen_t)  # train metrics over every rank's share
-        seen = int(seen_t)
-        ranks.align_buffers(model)
-        t1 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, test_loader, autocast)
-        val_loss, val_acc = (
-            evaluate(model, val_loader, autocast) if val_loader is not None else (None, None)
-        )
-        eval_time = time.perf_counter() - t1
-        wall += train_time + eval_time
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / seen,
-            "train_acc": int(correct) / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "alpha": opt.alpha if is_xsam else None,  # type: ignore[attr-defined]
-            "psi": _mean(stats["psi"]),
-            "g0_norm": _mean(stats["g0_norm"]),
-            "gk_norm": _mean(stats["gk_norm"]),
-            "lr": epoch_lr,
-            "epoch_time_s": train_time,
-            "images_per_s": seen / train_time if train_time > 0 else None,
-            "skipped_updates": opt.skipped_updates if is_sam else skipped_plain,  # type: ignore[attr-defined]
-            "alpha_searches": searches if is_xsam else None,
-            "eval_time_s": eval_time,
-            "wall_s": wall,
+def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best test accuracy, the best epoch, the final validation accuracy (``None``
+    without a validation set) and the wall time of a run's metrics."""
+    if not metrics:
+        return {
+            "final_test_acc": None,
+            "best_test_acc": None,
+            "best_epoch": None,
+            "final_val_acc": None,
+            "wall_s": 0.0,
         }
-        metrics.append(row)
-        if writer is not None:
-            ckpt = {
-                "format": 1,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": {
-                    "schedule": cfg.schedule,
-                    "step": global_step,
-                    "total_steps": total_steps,
-                    "warmup_steps": warmup_steps,
-                    "base_lrs": base_lrs,
-                },
-                "scaler": scaler.state_dict(),
-                "loader": loader.state_dict(),
-                "rng": get_rng_state(),
-                "skipped_plain": skipped_plain,
-                "metrics": metrics,
-                "config": cfg.to_dict(),
-                "data_fingerprint": info["data_fingerprint"],
-                "xsam_version": __version__,
-            }
-            atomic_save(ckpt, writer / CHECKPOINT)
-            if cfg.keep_checkpoints:  # weights only, for the analysis tools (xsam probe)
-                keep = {"format": 1, "epoch": epoch + 1, "model": ckpt["model"]}
-                (writer / "checkpoints").mkdir(exist_ok=True)
-                atomic_save(keep, writer / "checkpoints" / f"epoch{epoch + 1:03d}.pt")
-            write_metrics(writer, metrics)
-        ranks.barrier()  # a resume on any rank reads a finished checkpoint
-        show(_epoch_line(row, cfg.epochs))
-    return _result(
-        cfg, metrics, complete=len(metrics) >= cfg.epochs, resumed_from=resumed_from, model=model
-    )
+    best = max(metrics, key=lambda r: r["test_acc"])
+    return {
+        "final_test_acc": metrics[-1]["test_acc"],
+        "best_test_acc": best["test_acc"],
+        "final_val_acc": metrics[-1].get("val_acc"),
+        "best_epoch": best["epoch"],
+        "wall_s": metrics[-1]["wall_s"],
+    }
 
 
-def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    line = (
-        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} acc "
-        f"{100 * r['train_acc']:5.2f}%  test loss {r['test_loss']:.4f} acc "
-        f"{100 * r['test_acc']:5.2f}%"
-    )
-    if r.get("val_acc") is not None:
-        line += f"  val acc {100 * r['val_acc']:5.2f}%"
-    if r["alpha"] is not None:
-        line += f"  α {r['alpha']:.2f}"
-    if r["psi"] is not None:
-        line += f"  ψ {r['psi']:.3f}"
-    ips = r["images_per_s"]
-    return (
-        line
-        + f"  lr {r['lr']:.4g}  {r['epoch_time_s']:.1f} s"
-        + (f" ({ips:.0f} img/s)" if ips else "")
-    )
+def without_times(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The metrics without the entries that measure time (for comparing runs)."""
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in metrics]
+
+
+def _run_info(device: torch.device, data: RunData, model: nn.Module, ranks: Ranks) -> dict:
+    return {
+        "argv": sys.argv,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "xsam": __version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "data_source": data.dataset.source,
+        "data_fingerprint": data.fingerprint,
+        "train_examples": data.train_examples,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "processes": ranks.world,
+    }
 
 
 def _result(
@@ -767,11 +479,6 @@ def _result(
         "resumed_from": resumed_from,
         "model": model,
     }
-
-
-def without_times(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The metrics without the entries that measure time (for comparing runs)."""
-    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in metrics]
 
 
 def _to_json(obj: Any) -> str:

@@ -1,0 +1,207 @@
+"""One epoch: train over the loader once, evaluate, and return the epoch's row of metrics.
+
+:func:`run_epoch` = :func:`train_epoch` (the updates, summed into :class:`EpochTotals`) +
+:func:`evaluate` on each evaluation loader + :func:`epoch_row`. The row's keys are
+:data:`~xsam.train.checkpoint.METRIC_KEYS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import BatchLoader
+from .ranks import Ranks
+from .state import RunState
+from .updates import STAT_KEYS, Update, UpdateResult
+
+__all__ = ["EpochTotals", "epoch_line", "epoch_row", "evaluate", "run_epoch", "train_epoch"]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: BatchLoader, autocast: Callable[[], Any] = contextlib.nullcontext
+) -> tuple[float, float]:
+    """``(mean cross-entropy, accuracy)`` of ``model`` (in eval mode) over ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
+    correct = torch.zeros((), dtype=torch.int64, device=loader.device)
+    n = 0
+    for x, y in loader:
+        with autocast():
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    model.train(was_training)
+    return float(loss_sum) / max(n, 1), int(correct) / max(n, 1)
+
+
+@dataclass
+class EpochTotals:
+    """An epoch's training numbers, summed over its updates: the clean-pass loss (weighted by
+    the batch size) and correct predictions, the examples seen, the α searches, and every
+    update's statistics (averaged over the finite ones at the end)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    searches: int = 0
+    stats: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in STAT_KEYS})
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochTotals:
+        return cls(
+            torch.zeros((), dtype=torch.float64, device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
+        )
+
+    def add(self, result: UpdateResult, y: torch.Tensor) -> None:
+        n = len(y)
+        self.loss_sum += result.loss.double() * n
+        self.correct += (result.logits.argmax(1) == y).sum()
+        self.seen += n
+        self.searches += result.alpha_searched
+        for key, value in result.stats.items():
+            self.stats[key].append(value)
+
+    def reduce(self, ranks: Ranks) -> None:
+        """Sum over every rank's share (in place)."""
+        seen = torch.tensor(self.seen, dtype=torch.int64, device=self.loss_sum.device)
+        ranks.sum_(self.loss_sum, self.correct, seen)
+        self.seen = int(seen)
+
+    def mean(self, key: str) -> float | None:
+        finite = [v for v in self.stats[key] if math.isfinite(v)]
+        return sum(finite) / len(finite) if finite else None
+
+
+def train_epoch(
+    state: RunState, update: Update, epoch: int, *, progress: bool = False
+) -> EpochTotals:
+    """Run every update of epoch ``epoch`` (0-based) from where ``state.loader`` stands,
+    setting each update's learning rate first; XSAM with ``alpha_every=None`` is asked for an
+    α search at the epoch's first update."""
+    state.model.train()
+    state.loader.set_epoch(epoch)
+    if state.xsam and state.config.alpha_every is None:
+        state.opt.request_alpha_search()  # type: ignore[attr-defined]
+    totals = EpochTotals.zeros(state.loader.device)
+    bar = tqdm(
+        total=len(state.loader),
+        desc=f"epoch {epoch + 1}/{state.config.epochs}",
+        unit="batch",
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for x, y in state.loader:
+        state.schedule.apply(state.opt, state.global_step)
+        result = update(x, y)
+        if not state.sam_family:  # the SAM family counts its own skips
+            state.skipped_plain += result.skipped
+        totals.add(result, y)
+        state.global_step += 1
+        bar.update(1)
+        if progress and state.global_step % 10 == 0:
+            bar.set_postfix(loss=f"{float(result.loss):.4f}")
+    bar.close()
+    return totals
+
+
+def run_epoch(
+    state: RunState,
+    update: Update,
+    epoch: int,
+    *,
+    eval_loaders: Mapping[str, BatchLoader | None],
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    ranks: Ranks | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train epoch ``epoch`` and evaluate; return its row of metrics (not yet appended to
+    ``state.metrics``). ``eval_loaders`` maps a prefix (``"test"``, ``"val"``) to a loader,
+    or to ``None`` for a set the run does not have (its columns are then ``None``)."""
+    ranks = ranks or Ranks()
+    lr = state.schedule.lr(state.global_step)
+    t0 = time.perf_counter()
+    totals = train_epoch(state, update, epoch, progress=progress)
+    train_time = time.perf_counter() - t0
+    totals.reduce(ranks)  # train metrics over every rank's share
+    ranks.align_buffers(state.model)
+    t1 = time.perf_counter()
+    evals = {
+        name: evaluate(state.model, loader, autocast) if loader is not None else (None, None)
+        for name, loader in eval_loaders.items()
+    }
+    eval_time = time.perf_counter() - t1
+    return epoch_row(state, epoch, totals, evals, lr=lr, times=(train_time, eval_time))
+
+
+def epoch_row(
+    state: RunState,
+    epoch: int,
+    totals: EpochTotals,
+    evals: Mapping[str, tuple[float | None, float | None]],
+    *,
+    lr: float,
+    times: tuple[float, float],
+) -> dict[str, Any]:
+    """The metrics row of epoch ``epoch`` (0-based) from its totals and evaluations."""
+    train_time, eval_time = times
+    wall = state.metrics[-1]["wall_s"] if state.metrics else 0.0
+    xsam = state.xsam
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_loss": float(totals.loss_sum) / totals.seen,
+        "train_acc": int(totals.correct) / totals.seen,
+    }
+    for name, (loss, acc) in evals.items():
+        row[f"{name}_loss"], row[f"{name}_acc"] = loss, acc
+    row.update(
+        {
+            "alpha": state.opt.alpha if xsam else None,  # type: ignore[attr-defined]
+            "psi": totals.mean("psi"),
+            "g0_norm": totals.mean("g0_norm"),
+            "gk_norm": totals.mean("gk_norm"),
+            "lr": lr,
+            "epoch_time_s": train_time,
+            "images_per_s": totals.seen / train_time if train_time > 0 else None,
+            "skipped_updates": state.skipped_updates,
+            "alpha_searches": totals.searches if xsam else None,
+            "eval_time_s": eval_time,
+            "wall_s": wall + (train_time + eval_time),
+        }
+    )
+    return row
+
+
+def epoch_line(r: dict[str, Any], epochs: int) -> str:
+    """One line for the log: the epoch's losses and accuracies, α, ψ, lr and time."""
+    line = (
+        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} acc "
+        f"{100 * r['train_acc']:5.2f}%  test loss {r['test_loss']:.4f} acc "
+        f"{100 * r['test_acc']:5.2f}%"
+    )
+    if r.get("val_acc") is not None:
+        line += f"  val acc {100 * r['val_acc']:5.2f}%"
+    if r["alpha"] is not None:
+        line += f"  α {r['alpha']:.2f}"
+    if r["psi"] is not None:
+        line += f"  ψ {r['psi']:.3f}"
+    ips = r["images_per_s"]
+    return (
+        line
+        + f"  lr {r['lr']:.4g}  {r['epoch_time_s']:.1f} s"
+        + (f" ({ips:.0f} img/s)" if ips else "")
+    )

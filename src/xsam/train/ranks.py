@@ -1,0 +1,71 @@
+"""This process's place under ``torchrun``: rank 0 of 1 when there is no process group."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Ranks", "init_ranks"]
+
+
+class Ranks:
+    """This process's place under ``torchrun`` (rank 0 of 1 otherwise), and the few collective
+    operations the trainer needs; each is a no-op in a single process."""
+
+    def __init__(self, rank: int = 0, world: int = 1, owned: bool = False) -> None:
+        self.rank, self.world, self.owned = rank, world, owned
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum_(self, *tensors: torch.Tensor) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for t in tensors:
+                dist.all_reduce(t)
+
+    def align_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics, which each rank's clean pass updates from
+        its own batch) on every rank, so that evaluation and checkpoints agree."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for b in model.buffers():
+                dist.broadcast(b, src=0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def init_ranks(device_name: str) -> Ranks:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1): NCCL when the run
+    uses CUDA, gloo otherwise. A group that already exists is used as it is."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    import torch.distributed as dist
+
+    owned = False
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and not str(device_name).startswith("cpu")
+        dist.init_process_group("nccl" if cuda else "gloo")
+        owned = True
+    return Ranks(dist.get_rank(), dist.get_world_size(), owned)
