@@ -464,11 +464,14 @@ class SAMFamily(Optimizer):
         are checked first, so that a non-finite update never spends |A| forward passes."""
         grads = self._grads(u)
         flags = self._pass_flags(u, grads)
-        if self._needs_loss_fn():
+        # ρ = 0 everywhere (possible on the lower-level path): d = g_k = g₀, the base step
+        # alone, as step() does; XSAM's v₀ would be 0 and its α search meaningless
+        flat = self._rho_all_zero()
+        if self._needs_loss_fn() and not flat:
             if not self._agree(flags):
                 return False
             flags = []
-        ok_descent = self._descent(u, grads, loss_fn)
+        ok_descent = True if flat else self._descent(u, grads, loss_fn)
         if self._dist.averages_direction and not self._direction_is_gk():
             # local perturbation: mean of per-rank d_r over one rank-independent list
             u.present = self._dist.average_(grads, u.ever)
