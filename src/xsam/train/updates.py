@@ -182,7 +182,11 @@ class SAMAmpUpdate(_SAMUpdate):
             opt.ascent_step()  # type: ignore[attr-defined]
             with opt.perturbed_pass():  # type: ignore[attr-defined]
                 scaler.scale(forward()[0]).backward()
-        ok = opt.descent_step(loss_fn=probe, scaler=scaler)  # type: ignore[attr-defined]
+        # Only an enabled (fp16) scaler: a disabled one's step() is the base step itself,
+        # which would apply the NaN gradient a skipped update leaves in .grad.
+        ok = opt.descent_step(  # type: ignore[attr-defined]
+            loss_fn=probe, scaler=scaler if scaler.is_enabled() else None
+        )
         scaler.update()
         if not ok:
             self._snapshot.restore()
