@@ -530,11 +530,30 @@ def test_fixed_alpha_is_not_silently_replaced_by_a_checkpoint():
     model = net()
     a = xsam.XSAM(model.parameters(), torch.optim.SGD, alpha=1.0, lr=0.1)
     b = xsam.XSAM(model.parameters(), torch.optim.SGD, alpha=0.5, lr=0.1)
+    x, y = data()
+    a.step(closure_for(model, x, y))  # a has momentum state, b has none
     with pytest.raises(ValueError, match="fixed alpha=1"):
         b.load_state_dict(a.state_dict())
-    assert b.alpha == 0.5
+    assert b.alpha == 0.5 and b.updates == 0 and not b.base_optimizer.state  # nothing loaded
     c = xsam.XSAM(model.parameters(), torch.optim.SGD, alpha=1.0, lr=0.1)
     c.load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, "auto"])
+def test_rho_zero_on_the_lower_level_path_is_the_base_step(alpha):
+    """ρ = 0: XSAM's v₀ is 0, so its v(α) used to scale the gradient by sin(απ/2)."""
+    model, twin = net(), net()
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.0, alpha=alpha, lr=0.1)
+    base = torch.optim.SGD(twin.parameters(), lr=0.1)
+    x, y = data()
+    F.cross_entropy(model(x), y).backward()
+    opt.ascent_step()
+    F.cross_entropy(model(x), y).backward()
+    assert opt.descent_step(loss_fn=lambda: F.cross_entropy(model(x), y))
+    F.cross_entropy(twin(x), y).backward()
+    base.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_meta_parameters_get_a_clear_error():

@@ -237,6 +237,9 @@ class SAMFamily(Optimizer):
     def _state_extra(self) -> dict[str, Any]:
         return {}
 
+    def _check_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
     def _load_extra(self, extra: dict[str, Any]) -> None:
         pass
 
@@ -697,7 +700,8 @@ class SAMFamily(Optimizer):
         extra = sd.pop("sam_family", None)
         if extra is None and in_groups:
             extra = in_groups[0]
-        self._check_schedule(extra)
+        self._check_schedule(extra)  # every check before anything is loaded: a refused
+        self._check_extra(extra)  # state_dict leaves this optimizer exactly as it was
         self.base_optimizer.load_state_dict(sd)
         self.param_groups = self.base_optimizer.param_groups
         self.updates = int(extra["updates"])

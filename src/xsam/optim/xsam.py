@@ -245,7 +245,7 @@ class XSAM(SAMFamily):
             "search_requested": self._search_requested,
         }
 
-    def _load_extra(self, extra: dict[str, Any]) -> None:
+    def _check_extra(self, extra: dict[str, Any]) -> None:
         if extra.get("alpha_mode") != self.alpha_mode:
             raise ValueError(
                 f"state_dict has alpha_mode={extra.get('alpha_mode')!r}, this optimizer "
@@ -256,6 +256,8 @@ class XSAM(SAMFamily):
                 f"state_dict has the fixed alpha={float(extra['alpha']):g}, this optimizer "
                 f"alpha={self._alpha:g}; construct it with the saved alpha to resume"
             )
+
+    def _load_extra(self, extra: dict[str, Any]) -> None:
         self._alpha = float(extra["alpha"])
         self._searched = bool(extra["searched"])
         self._since_search = int(extra["since_search"])
