@@ -1,6 +1,6 @@
 """A plain, per-tensor-loop XSAM: the comparator of the optimizer-only benchmark.
 
-This is the vector math of one XSAM update (ALGORITHM.md §3) written the way most research
+This is the vector math of one XSAM update (docs/algorithm.md §3) written the way most research
 code writes it: a Python loop over the parameter tensors for every operation, norms taken per
 tensor with ``.norm()`` and summed in Python, fresh temporaries for v₀, v₁ and d, a per-tensor
 copy of θ₀ kept in ``self.state`` (as davda54/sam keeps ``old_p``), and the slerp of

@@ -1,17 +1,17 @@
-"""Plain, independent reference implementation of ONE XSAM update (ALGORITHM.md §3).
+"""Plain, independent reference implementation of ONE XSAM update (docs/algorithm.md §3).
 
 This module is a parity oracle for the tests, written without looking at ``xsam.optim``.
 It is deliberately slow and literal: every tensor is flattened into one global vector with
 ``torch.cat`` (so every norm and dot product is global over all parameters in all groups, as
 §3 requires), the formulas are written exactly as in the spec, and each block is tagged with
-the step of ALGORITHM.md §3 it implements. Everything is computed in the parameters' dtype;
+the step of docs/algorithm.md §3 it implements. Everything is computed in the parameters' dtype;
 the tests use float64.
 
 Normalisation running statistics are protected by a mechanism deliberately different from a
 "switch momentum off" trick: the buffers of every module in ``bn_modules`` are snapshotted
 before each non-clean forward pass and copied back afterwards.
 
-Notation follows the paper / ALGORITHM.md: θ₀ current weights, gᵢ = ∇L_B(θᵢ), k = ``steps``,
+Notation follows the paper / docs/algorithm.md: θ₀ current weights, gᵢ = ∇L_B(θᵢ), k = ``steps``,
 v₀ ascent displacement direction, v₁ direction of g_k, ψ their angle, v(α) the slerp.
 
 Choices where the spec is silent (see also the report in the tests' module docstring):
@@ -157,7 +157,7 @@ def reference_update(
     eps: float = 1e-12,
     bn_modules: Sequence[torch.nn.Module] = (),
 ) -> dict:
-    """One XSAM update, literally as ALGORITHM.md §3 (plus ASAM geometry when ``adaptive``).
+    """One XSAM update, literally as docs/algorithm.md §3 (plus ASAM geometry when ``adaptive``).
 
     Args:
         params_groups: the parameters, grouped as the base optimizer's param groups.

@@ -120,7 +120,7 @@ def ref_loss(model: nn.Module, loss_fn, point: torch.Tensor) -> float:
 
 
 def ref_xsam(model, loss_fn, rho, rho_max, k=1, grid=xsam.DEFAULT_ALPHA_GRID):
-    """ALGORITHM.md §3 step by step, with the plain clamped arccos."""
+    """docs/algorithm.md §3 step by step, with the plain clamped arccos."""
     th0 = flat_params(model).clone()
     th = th0.clone()
     _, g = ref_loss_grad(model, loss_fn, th)

@@ -2,7 +2,7 @@
 
 Several updates in float64 on a small network with BatchNorm; after every update the weights,
 BN statistics, α and ψ must agree to float precision. The reference is written literally from
-ALGORITHM.md (torch.cat vectors, arccos, a different BN mechanism), so a shared mistake would
+docs/algorithm.md (torch.cat vectors, arccos, a different BN mechanism), so a shared mistake would
 have to be made twice, independently.
 """
 

@@ -2,7 +2,7 @@
 
 The oracle is only worth something if it is itself right, so these tests check it, in float64,
 against (a) closed forms worked out by hand on a 2-D bilinear loss L(x, y) = x·y + x, where
-every quantity of ALGORITHM.md §3 is a rotation by a known angle; (b) an independent NumPy
+every quantity of docs/algorithm.md §3 is a rotation by a known angle; (b) an independent NumPy
 transcription of §3 on quadratics L(θ) = ½θᵀAθ − bᵀθ with the analytic gradient Aθ − b
 (single tensor, split tensors, two groups, per-group ρ, ASAM geometry); (c) the identities
 of §3 (α = 1 ⇒ k-step SAM bit for bit, ρ = 0 ⇒ base optimizer bit for bit, ‖d‖ = ‖g_k‖,
@@ -108,7 +108,7 @@ def random_quadratic(n=6, seed=0, spd=True):
 
 
 def np_xsam(A, b, theta0, rho_vec, k, alpha, rho_max_vec=None, grid=GRID, eps=1e-12, T=None):
-    """ALGORITHM.md §3 transcribed in NumPy for a quadratic (analytic gradient)."""
+    """docs/algorithm.md §3 transcribed in NumPy for a quadratic (analytic gradient)."""
     norm = np.linalg.norm
 
     def grad(th):

@@ -1,4 +1,4 @@
-"""Tools that measure the claims of the XSAM paper on any model (ALGORITHM.md §7).
+"""Tools that measure the claims of the XSAM paper on any model (docs/algorithm.md §7).
 
 * :func:`probe_directions` / :func:`probe_many` — cosines between the ascent directions (g₀,
   SAM's g₁@θ₀, k-step SAM's g_k@θ₀, XSAM's v(α*)) and the direction u* to the loss maximum on

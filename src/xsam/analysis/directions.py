@@ -1,5 +1,5 @@
 """The direction probe: how close do SAM's, k-step SAM's and XSAM's directions come to the
-direction of the loss maximum on a sphere around θ₀? (ALGORITHM.md §7.)
+direction of the loss maximum on a sphere around θ₀? (docs/algorithm.md §7.)
 
 Notation follows the paper: θ₀ the weights, g₀ = ∇L(θ₀), θ_k the end of the k-step ascent of
 total length ρ, g_k = ∇L(θ_k) (applied at θ₀, as SAM does), v₀ = unit(θ_k − θ₀),
@@ -39,7 +39,7 @@ _DEGENERATE = 1e-8  # ‖v₁ − ⟨v₁,v₀⟩v₀‖ below this: v₀ ∥ v�
 # ---------------------------------------------------------------------------------- pieces
 @dataclass
 class KStep:
-    """The k-step ascent and XSAM's choice from it (ALGORITHM.md §3 steps 1–5)."""
+    """The k-step ascent and XSAM's choice from it (docs/algorithm.md §3 steps 1–5)."""
 
     k: int
     theta_k: Tensor
@@ -63,7 +63,7 @@ def k_step_ascent(
     k: int,
     alpha_grid: Sequence[float],
 ) -> KStep:
-    """Run ALGORITHM.md §3 steps 1–5 from θ₀ = ``fm.theta0`` (whose gradient is ``g0``)."""
+    """Run docs/algorithm.md §3 steps 1–5 from θ₀ = ``fm.theta0`` (whose gradient is ``g0``)."""
     theta, g = fm.theta0, g0
     for _ in range(k):
         theta = theta + (rho / k) * (g / (g.norm() + EPS))
@@ -272,7 +272,7 @@ def probe_directions(
     seed: int = 0,
     return_vectors: bool = False,
 ) -> dict[str, Any]:
-    """Measure the paper's claims about directions at the current weights θ₀ (ALGORITHM.md §7).
+    """Measure the paper's claims about directions at the current weights θ₀ (docs/algorithm.md §7).
 
     Every evaluation uses ``loss_fn`` (one fixed batch), the model in train mode with its
     normalisation statistics frozen, and the same random numbers (see
@@ -405,7 +405,7 @@ def probe_directions(
 def claims_summary(
     result: dict[str, Any], *, far_threshold: float = 0.9
 ) -> dict[str, bool | float]:
-    """The paper's four claims (ALGORITHM.md §7) evaluated on one :func:`probe_directions`
+    """The paper's four claims (docs/algorithm.md §7) evaluated on one :func:`probe_directions`
     result (or on the ``mean`` of :func:`probe_many`, which has the same ``cos.*`` keys).
 
     Keys: ``claim1_g1_beats_g0`` (cos(g₁,u*) > cos(g₀,u*)); ``claim2_cos_g1`` (the value) and

@@ -34,7 +34,7 @@ def _figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "the plots need matplotlib: pip install 'xsam[plot]' (or pip install matplotlib)"
+            "the plots need matplotlib: pip install 'torch-xsam[plot]' (or pip install matplotlib)"
         ) from err
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)

@@ -1,7 +1,7 @@
 """Flat-vector views of a model's weights, and a sandbox for analysis passes.
 
 The analysis tools treat every parameter with ``requires_grad=True`` as one flat vector, as the
-optimizers do (ALGORITHM.md §3: norms and dot products are global). Vectors are held in float64
+optimizers do (docs/algorithm.md §3: norms and dot products are global). Vectors are held in float64
 when any parameter is float64 and in float32 otherwise; writing a vector into the weights
 rounds it to each parameter's own dtype.
 
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 EPS = 1e-12
-"""The ε of ALGORITHM.md §3, added to norms before dividing."""
+"""The ε of docs/algorithm.md §3, added to norms before dividing."""
 
 LossFn = Callable[[nn.Module], Tensor]
 """``loss_fn(model) -> scalar loss tensor`` on a fixed batch (or a fixed subset)."""
