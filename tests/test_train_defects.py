@@ -62,3 +62,48 @@ def test_amp_update_hands_descent_step_only_an_enabled_scaler(monkeypatch, amp):
         assert all(s is None for s in seen)
     else:
         assert all(s is not None and s.is_enabled() for s in seen)
+
+
+# ---------------------------------------------------------------------- b. abandoned updates
+class ExplodingNet(torch.nn.Module):
+    """Wraps a model; its forward pass number ``fail_at`` raises. At the pass before (the clean
+    pass of the failing update) it copies the inner model's weights and statistics."""
+
+    def __init__(self, inner: torch.nn.Module, fail_at: int) -> None:
+        super().__init__()
+        self.inner, self.fail_at, self.calls = inner, fail_at, 0
+        self.before: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at - 1:
+            self.before = {k: v.clone() for k, v in self.inner.state_dict().items()}
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom in the ascent pass")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
+def test_a_pass_that_raises_mid_update_leaves_weights_and_statistics(monkeypatch, amp):
+    """SAM (k=1) runs two passes per update; pass 4 is the ascent pass of the second update.
+    The exception propagates, and the weights and BatchNorm statistics are those from before
+    that update, bit for bit, with no gradient left behind."""
+    from xsam.train import state as state_mod
+
+    built = []
+    real = state_mod.build_model
+
+    def exploding(*args, **kwargs):
+        built.append(ExplodingNet(real(*args, **kwargs), fail_at=4))
+        return built[-1]
+
+    monkeypatch.setattr(state_mod, "build_model", exploding)
+    with pytest.raises(RuntimeError, match="boom in the ascent pass"):
+        train(tiny(optimizer="sam", amp=amp))
+    [net] = built
+    assert net.before is not None and any(k.endswith("running_mean") for k in net.before)
+    after = net.inner.state_dict()
+    assert after.keys() == net.before.keys()
+    for k in after:
+        assert torch.equal(after[k], net.before[k]), k
+    assert all(p.grad is None for p in net.parameters())

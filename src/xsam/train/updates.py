@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..policies import NormStatsSnapshot
 from .state import RunState
 
 __all__ = [
@@ -156,10 +155,6 @@ class SAMAmpUpdate(_SAMUpdate):
     """SAM / XSAM under autocast, through the lower-level API (every pass under autocast, the
     losses scaled by the GradScaler when it is enabled)."""
 
-    def __init__(self, state: RunState, criterion: nn.Module, autocast: Autocast) -> None:
-        super().__init__(state, criterion, autocast)
-        self._snapshot = NormStatsSnapshot(state.model)
-
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> UpdateResult:
         opt, scaler = self.opt, self.scaler
         scale, skipped_before = self._loss_scale(), opt.skipped_updates  # type: ignore[attr-defined]
@@ -173,23 +168,28 @@ class SAMAmpUpdate(_SAMUpdate):
             with torch.no_grad():
                 return forward()[0]
 
-        self._snapshot.save()
         opt.zero_grad(set_to_none=True)
-        with opt.clean_pass():  # type: ignore[attr-defined]
-            loss, out = forward()
-            scaler.scale(loss).backward()
-        for _ in range(opt.steps):  # type: ignore[attr-defined]
-            opt.ascent_step()  # type: ignore[attr-defined]
-            with opt.perturbed_pass():  # type: ignore[attr-defined]
-                scaler.scale(forward()[0]).backward()
-        # Only an enabled (fp16) scaler: a disabled one's step() is the base step itself,
-        # which would apply the NaN gradient a skipped update leaves in .grad.
-        ok = opt.descent_step(  # type: ignore[attr-defined]
-            loss_fn=probe, scaler=scaler if scaler.is_enabled() else None
-        )
+        try:
+            # clean_pass() records the running statistics (the optimizer has model=), so a
+            # skipped or abandoned update puts them back.
+            with opt.clean_pass():  # type: ignore[attr-defined]
+                loss, out = forward()
+                scaler.scale(loss).backward()
+            for _ in range(opt.steps):  # type: ignore[attr-defined]
+                opt.ascent_step()  # type: ignore[attr-defined]
+                with opt.perturbed_pass():  # type: ignore[attr-defined]
+                    scaler.scale(forward()[0]).backward()
+            # Only an enabled (fp16) scaler: a disabled one's step() is the base step itself,
+            # which would apply the NaN gradient a skipped update leaves in .grad.
+            opt.descent_step(  # type: ignore[attr-defined]
+                loss_fn=probe, scaler=scaler if scaler.is_enabled() else None
+            )
+        except BaseException:
+            # a pass raised (out of memory, a bad batch, Ctrl-C): θ₀ and the statistics back,
+            # no gradient left, the optimizer state untouched
+            opt.abort_update()  # type: ignore[attr-defined]
+            raise
         scaler.update()
-        if not ok:
-            self._snapshot.restore()
         return self._result(loss.detach(), out.detach(), scale, skipped_before)
 
 
