@@ -198,3 +198,15 @@ def test_console_entry_point_exit_status_and_no_traceback(tmp_path):
         "vgg11_bn, densenet121, wrn28_10"
     ]
     assert proc.stdout == "" and not (tmp_path / "x").exists()
+
+
+def test_force_then_probe_reads_no_weights_of_the_earlier_run(capsys, tmp_path):
+    """`xsam train --force` deletes the earlier run's checkpoints/epochNNN.pt, which `xsam
+    probe` would otherwise read as the new run's."""
+    out = tmp_path / "run"
+    argv = ["train", "--optimizer", "sgd", *TINY, "--out", str(out), "--quiet"]
+    assert run(capsys, *argv, "--epochs", "2", "--keep-checkpoints")[0] == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch001.pt", "epoch002.pt"]
+    assert run(capsys, *argv, "--epochs", "1", "--force")[0] == 0
+    assert not (out / "checkpoints").exists()
+    assert_usage_error(capsys, ["probe", str(out), "--quiet"], "no kept checkpoints")

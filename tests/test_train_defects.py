@@ -107,3 +107,59 @@ def test_a_pass_that_raises_mid_update_leaves_weights_and_statistics(monkeypatch
     for k in after:
         assert torch.equal(after[k], net.before[k]), k
     assert all(p.grad is None for p in net.parameters())
+
+
+# ---------------------------------------------------------------------- c. leftovers of an earlier run
+def names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+RUN_NAMES = ["config.json", "last.pt", "metrics.csv", "metrics.jsonl", "run.json"]
+
+
+def test_force_deletes_the_earlier_runs_kept_checkpoints_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(optimizer="sgd", epochs=2, keep_checkpoints=True, out=str(out)))
+    assert names(out / "checkpoints") == ["epoch001.pt", "epoch002.pt"]
+    (out / "notes.txt").write_text("mine")
+    train(tiny(optimizer="sgd", lr=0.1, out=str(out)), force=True)
+    assert names(out) == sorted([*RUN_NAMES, "notes.txt"])  # no checkpoints/ any more
+    assert (out / "notes.txt").read_text() == "mine"
+    # a folder of kept weights that also holds the user's files: only the weights go
+    train(tiny(optimizer="sgd", epochs=2, keep_checkpoints=True, out=str(out)), force=True)
+    (out / "checkpoints" / "README").write_text("mine too")
+    result = train(tiny(optimizer="sgd", keep_checkpoints=True, out=str(out)), force=True)
+    assert names(out / "checkpoints") == ["README", "epoch001.pt"]
+    kept = load_checkpoint(out / "checkpoints" / "epoch001.pt")["model"]
+    assert all(torch.equal(kept[k], v) for k, v in result["model"].state_dict().items())
+
+
+def test_a_restarted_run_leaves_no_kept_checkpoint_of_the_first_attempt(tmp_path):
+    """A run folder with a config but no finished epoch (here: the checkpoint and metrics
+    were lost) starts over on --resume; the first attempt's kept weights go."""
+    out = tmp_path / "run"
+    config = tiny(optimizer="sgd", epochs=2, keep_checkpoints=True, out=str(out))
+    train(config)
+    (out / "last.pt").unlink()
+    (out / "metrics.jsonl").write_text("")
+    result = train(config, resume=True, stop_after=1)
+    assert result["resumed_from"] is None and result["epochs_done"] == 1
+    assert names(out / "checkpoints") == ["epoch001.pt"]
+
+
+def test_clear_run_files_deletes_the_runs_files_only(tmp_path):
+    from xsam.train.checkpoint import clear_run_files
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ours = [*RUN_NAMES, ".last.pt.123.tmp", ".metrics.csv.7.tmp", ".write-test.9"]
+    ours_kept = ["epoch001.pt", "epoch120.pt", ".epoch003.pt.5.tmp"]
+    theirs = ["notes.txt", ".hidden", "last.pt.bak", ".notes.txt.1.tmp", "probe"]
+    theirs_kept = ["mine.pt", "epoch001.pt.bak"]
+    for name in ours + theirs:
+        (run / name).write_text("x")
+    for name in ours_kept + theirs_kept:
+        (run / "checkpoints" / name).write_text("x")
+    clear_run_files(run)
+    assert names(run) == sorted([*theirs, "checkpoints"])
+    assert names(run / "checkpoints") == sorted(theirs_kept)

@@ -1,8 +1,9 @@
 """Run folders: atomic writes, checkpoints, RNG state and the per-epoch metrics files.
 
 A run folder holds ``config.json`` (the resolved config), ``run.json`` (how and where it ran),
-``metrics.jsonl`` and ``metrics.csv`` (one row per finished epoch) and ``last.pt`` (everything
-needed to continue after the last finished epoch). Every file is written to a temporary name
+``metrics.jsonl`` and ``metrics.csv`` (one row per finished epoch), ``last.pt`` (everything
+needed to continue after the last finished epoch) and, with ``keep_checkpoints``,
+``checkpoints/epochNNN.pt`` (the weights after every epoch, for ``xsam probe``). Every file is written to a temporary name
 in the same folder and moved into place with ``os.replace``, so a crash leaves either the old
 or the new file, never a torn one. The metrics files are rewritten from the checkpoint's copy
 of the metrics, so they never disagree with it after a resume.
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ __all__ = [
     "TIME_KEYS",
     "atomic_save",
     "atomic_write_text",
+    "clear_run_files",
     "get_rng_state",
     "load_checkpoint",
     "prepare_run_dir",
@@ -234,13 +237,39 @@ def run_status(run_dir: str | Path) -> tuple[str, TrainConfig | None, int]:
 
 
 # ---------------------------------------------------------------------- run folder
+_RUN_NAMES = "|".join(map(re.escape, RUN_FILES))
+_OWN_TMP = re.compile(rf"\.(?:{_RUN_NAMES})\.\d+\.tmp|\.write-test\.\d+")
+_KEPT = re.compile(r"epoch\d+\.pt|\.epoch\d+\.pt\.\d+\.tmp")
+
+
+def clear_run_files(run_dir: str | Path) -> None:
+    """Delete every file a run writes in ``run_dir`` and nothing else: :data:`RUN_FILES`, the
+    kept weights ``checkpoints/epochNNN.pt`` (the folder too, when nothing else is left in
+    it) and the temporary files of writes that were interrupted."""
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for p in run_dir.iterdir():
+        if _OWN_TMP.fullmatch(p.name) and p.is_file():
+            p.unlink()
+    kept = run_dir / KEPT_DIR
+    if kept.is_dir() and not kept.is_symlink():
+        for p in kept.iterdir():
+            if _KEPT.fullmatch(p.name) and p.is_file():
+                p.unlink()
+        if not any(kept.iterdir()):
+            kept.rmdir()
+
+
 def prepare_run_dir(run_dir: str | Path, *, resume: bool, force: bool) -> str:
     """Make ``run_dir`` ready for a run and say how to start: ``"new"`` or ``"resume"``.
 
-    An existing run is never overwritten unless ``force`` (which deletes the run's own files,
-    nothing else); with ``resume`` an existing run is continued (a run folder without a finished
-    epoch starts over). Raises :class:`ConfigError` if the folder holds a run and neither flag
-    is given, if it holds other files, or if it cannot be created or written."""
+    An existing run is never overwritten unless ``force``; with ``resume`` an existing run is
+    continued (a run folder without a finished epoch starts over). Whenever a run folder's run
+    starts over, its files are deleted first (:func:`clear_run_files`: the kept checkpoints
+    included, nothing the run did not write), so no file of the earlier run is read as the new
+    one's. Raises :class:`ConfigError` if the folder holds a run and neither flag is given, if
+    it holds other files (without ``force``), or if it cannot be created or written."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output folder {run_dir} exists and is not a folder")
@@ -249,17 +278,16 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, force: bool) -> str:
         raise ConfigError(
             f"output folder {run_dir} is not empty and holds no run; choose another --out"
         )
-    if status in ("started", "partial", "complete"):
-        if force:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-            status = "absent"
-        elif not resume:
-            raise ConfigError(
-                f"run folder {run_dir} already holds a run; pass --resume to continue it or "
-                "--force to overwrite it"
-            )
+    held_run = status in ("started", "partial", "complete")
+    if held_run and not (force or resume):
+        raise ConfigError(
+            f"run folder {run_dir} already holds a run; pass --resume to continue it or "
+            "--force to overwrite it"
+        )
+    mode = "resume" if status in ("partial", "complete") and not force else "new"
     try:
+        if held_run and mode == "new":
+            clear_run_files(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test.{os.getpid()}"
         probe.write_bytes(b"")
@@ -268,4 +296,4 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, force: bool) -> str:
         raise ConfigError(
             f"cannot write to output folder {run_dir}: {exc.strerror or exc}"
         ) from None
-    return "resume" if status in ("partial", "complete") else "new"
+    return mode
