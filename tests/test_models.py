@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from xsam.models import MODEL_NAMES, build_model
+from xsam.models import FIXED_INPUT, MODEL_NAMES, build_model
 from xsam.models.resnet import CifarResNet
 from xsam.models.wide_resnet import WideResNet
 
 # Reference counts: kuangliu/pytorch-cifar layouts (ResNet-18/50, VGG-11, DenseNet-121), the
 # WRN authors' layout (WRN-28-10) and He et al. option A (ResNet-20, published as 0.27M).
 PARAMS_10 = {
+    "mlp": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10,  # 784-1024-1024-10
     "small_cnn": 94_762,
     "resnet20": 269_722,
     "resnet18": 11_173_962,
@@ -24,6 +25,7 @@ PARAMS_10 = {
     "wrn28_10": 36_479_194,
 }
 PARAMS_100 = {
+    "mlp": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 100 + 100,
     "small_cnn": 106_372,
     "resnet20": 275_572,
     "resnet18": 11_220_132,
@@ -33,6 +35,7 @@ PARAMS_100 = {
     "wrn28_10": 36_536_884,
 }
 SMALL = ("small_cnn", "resnet20")
+CONV_NAMES = tuple(n for n in MODEL_NAMES if n not in FIXED_INPUT)
 
 
 def count_params(model: nn.Module) -> int:
@@ -43,7 +46,7 @@ def count_params(model: nn.Module) -> int:
 def models() -> dict[str, nn.Module]:
     """Every model with default arguments, built once for the module."""
     torch.manual_seed(0)
-    return {name: build_model(name) for name in MODEL_NAMES}
+    return {name: build_model(name) for name in CONV_NAMES}
 
 
 def test_model_names() -> None:
@@ -52,13 +55,18 @@ def test_model_names() -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_param_count_10_classes(models: dict[str, nn.Module], name: str) -> None:
-    assert count_params(models[name]) == PARAMS_10[name]
+def test_param_count_10_classes(name: str) -> None:
+    in_channels = 1 if name in FIXED_INPUT else 3  # mlp: 28x28 grey by default
+    assert count_params(build_model(name, in_channels=in_channels)) == PARAMS_10[name]
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_param_count_100_classes(name: str) -> None:
-    assert count_params(build_model(name, num_classes=100)) == PARAMS_100[name]
+    in_channels = 1 if name in FIXED_INPUT else 3
+    assert (
+        count_params(build_model(name, num_classes=100, in_channels=in_channels))
+        == PARAMS_100[name]
+    )
 
 
 def test_resnet20_matches_published_size() -> None:
@@ -70,7 +78,7 @@ def test_small_cnn_is_small() -> None:
     assert 50_000 < PARAMS_10["small_cnn"] < 200_000
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CONV_NAMES)
 def test_output_shape_cifar(models: dict[str, nn.Module], name: str) -> None:
     model = models[name]
     model.train()
@@ -104,7 +112,7 @@ def test_small_models_backward_and_eval(name: str) -> None:
         assert model(torch.randn(3, 1, 32, 32)).shape == (3, 5)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CONV_NAMES)
 def test_has_batchnorm_and_running_stats_update(models: dict[str, nn.Module], name: str) -> None:
     bns = [m for m in models[name].modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns, f"{name} has no BatchNorm2d"
@@ -119,7 +127,7 @@ def test_has_batchnorm_and_running_stats_update(models: dict[str, nn.Module], na
         assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CONV_NAMES)
 def test_init(models: dict[str, nn.Module], name: str) -> None:
     for module in models[name].modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -210,3 +218,25 @@ def test_cifar_resnet_depth() -> None:
     assert len(CifarResNet(depth=32).layers) == 15
     with pytest.raises(ValueError, match="depth should be 6n \\+ 2"):
         CifarResNet(depth=21)
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3), (8, 2)])
+def test_mlp_shapes_width_depth_and_cifar_input(size, channels) -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=4, in_channels=channels, image_size=size, width=16,
+                        depth=3)  # fmt: skip
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (channels * size * size, 16), (16, 16), (16, 16), (16, 4)
+    ]  # fmt: skip
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+    out = model(torch.randn(5, channels, size, size))
+    assert out.shape == (5, 4)
+
+
+def test_conv_models_ignore_image_size_and_mlp_checks_it() -> None:
+    assert count_params(build_model("small_cnn", image_size=32)) == PARAMS_10["small_cnn"]
+    with pytest.raises(ValueError, match="image_size should be >= 1 but is: 0"):
+        build_model("mlp", image_size=0)
+    with pytest.raises(ValueError, match="width should be >= 1 but is: 0"):
+        build_model("mlp", width=0)

@@ -8,6 +8,7 @@ from .augment import Augment, cutout, normalize, random_crop, random_flip
 from .datasets import DATASETS, EMBEDDED_DIR, ImageDataset, load_dataset
 from .download import download_dataset, file_digest, verify_checksum
 from .loader import BatchLoader, stratified_indices, stratified_subset
+from .noise import NOISE_TYPES, noisy_labels
 from .readers import (
     DataError,
     read_cifar_batch,
@@ -20,6 +21,7 @@ from .readers import (
 __all__ = [
     "DATASETS",
     "EMBEDDED_DIR",
+    "NOISE_TYPES",
     "Augment",
     "BatchLoader",
     "DataError",
@@ -28,6 +30,7 @@ __all__ = [
     "download_dataset",
     "file_digest",
     "load_dataset",
+    "noisy_labels",
     "normalize",
     "random_crop",
     "random_flip",

@@ -1,7 +1,8 @@
 """Image-classification models for CIFAR-sized inputs, built by name.
 
-Every model ends in adaptive average pooling, so it also runs on other input sizes (28x28
-grayscale with ``in_channels=1``, for instance). Convolutions are Kaiming-normal initialised
+Every convolutional model ends in adaptive average pooling, so it also runs on other input
+sizes (28x28 grayscale with ``in_channels=1``, for instance); ``mlp`` is built for one input
+size (``image_size``). Convolutions are Kaiming-normal initialised
 (fan_out, ReLU), BatchNorm layers start at weight 1 and bias 0; construction is deterministic
 under :func:`torch.manual_seed`.
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from ._common import check_positive_int
 from .densenet import DenseNet, densenet121
+from .mlp import MLP, mlp
 from .resnet import CifarResNet, ResNet, resnet18, resnet20, resnet50
 from .small import SmallCNN, small_cnn
 from .vgg import VGG, vgg11_bn
@@ -29,6 +31,7 @@ from .wide_resnet import WideResNet, wrn28_10
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
+    "mlp": mlp,
     "resnet20": resnet20,
     "resnet18": resnet18,
     "resnet50": resnet50,
@@ -40,17 +43,30 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 """Names accepted by :func:`build_model`."""
 
+FIXED_INPUT: frozenset[str] = frozenset({"mlp"})
+"""Models whose input size is fixed at construction (``image_size`` of :func:`build_model`);
+they have no normalisation layers."""
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+
+def build_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build a freshly initialised model by name.
 
     Args:
         name: one of :data:`MODEL_NAMES` (case-insensitive).
         num_classes: number of output logits (>= 1).
         in_channels: number of input image channels (>= 1).
+        image_size: the input's height = width. Only the models with a fixed input size
+            (:data:`FIXED_INPUT`: ``mlp``) use it (default 28 there); the convolutional
+            models run on any size and ignore it.
         **kwargs: extra keyword arguments for the model's builder, e.g. ``dropout`` for
-            ``small_cnn`` and ``wrn28_10``. An argument the builder does not take raises
-            ``TypeError``.
+            ``small_cnn`` and ``wrn28_10``, ``width`` / ``depth`` for ``mlp``. An argument
+            the builder does not take raises ``TypeError``.
 
     Returns:
         The model, in training mode, on the CPU in float32.
@@ -66,14 +82,18 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs
         raise ValueError(f"unknown model name {name!r}; accepted names: {', '.join(MODEL_NAMES)}")
     check_positive_int("num_classes", num_classes)
     check_positive_int("in_channels", in_channels)
+    if name.lower() in FIXED_INPUT and image_size is not None:
+        kwargs["image_size"] = check_positive_int("image_size", image_size)
     return builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
 __all__ = [
+    "FIXED_INPUT",
     "MODEL_NAMES",
     "VGG",
     "CifarResNet",
     "DenseNet",
+    "MLP",
     "ResNet",
     "SmallCNN",
     "WideResNet",
@@ -82,6 +102,7 @@ __all__ = [
     "resnet18",
     "resnet20",
     "resnet50",
+    "mlp",
     "small_cnn",
     "vgg11_bn",
     "wrn28_10",
