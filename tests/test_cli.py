@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from xsam.__main__ import main
+from xsam.models import MODEL_NAMES
 from xsam.train import PRESETS, read_metrics
 
 TINY = ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--threads", "1"]
@@ -194,8 +195,7 @@ def test_console_entry_point_exit_status_and_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "xsam: error: unknown model 'nope'; accepted: small_cnn, resnet20, resnet18, resnet50, "
-        "vgg11_bn, densenet121, wrn28_10"
+        f"xsam: error: unknown model 'nope'; accepted: {', '.join(MODEL_NAMES)}"
     ]
     assert proc.stdout == "" and not (tmp_path / "x").exists()
 
