@@ -210,3 +210,21 @@ def test_force_then_probe_reads_no_weights_of_the_earlier_run(capsys, tmp_path):
     assert run(capsys, *argv, "--epochs", "1", "--force")[0] == 0
     assert not (out / "checkpoints").exists()
     assert_usage_error(capsys, ["probe", str(out), "--quiet"], "no kept checkpoints")
+
+
+def test_settings_the_optimizer_does_not_use_are_accepted_with_a_note(capsys, tmp_path):
+    """`--optimizer sgd --rho-max 0` used to be refused though SGD never uses rho_max:
+    settings of the SAM family (XSAM, the SGD base) are ignored by the other optimizers."""
+    out = tmp_path / "run"
+    argv = ["train", "--optimizer", "sgd", "--epochs", "1", *TINY, "--out", str(out)]
+    code, stdout, err = run(capsys, *argv, "--rho-max", "0", "--alpha-every", "0")
+    assert code == 0, err
+    note = "note: not used by optimizer sgd with base sgd, ignored: --rho-max, --alpha-every"
+    assert note in stdout
+    assert json.loads((out / "config.json").read_text())["rho_max"] == 0.0
+    code, stdout, _ = run(capsys, *argv, "--rho-max", "0", "--force", "--quiet")
+    assert code == 0 and stdout == ""
+    argv = ["train", "--optimizer", "xsam", *TINY, "--out", str(tmp_path / "x")]
+    assert_usage_error(capsys, [*argv, "--rho-max", "0"], "rho_max should be > 0")
+    code, out_help, _ = run(capsys, "train", "--help")
+    assert "[xsam] radius of the α search probes" in out_help and "accepted and ignored" in out_help

@@ -33,6 +33,7 @@ from .config import (
     TrainConfig,
     apply_overrides,
     resolve_config,
+    unused_fields,
 )
 from .loop import train
 
@@ -62,20 +63,23 @@ _HELP: dict[str, tuple[str, str]] = {
     "augment": ("SPEC", "none, paper (= crop4+flip+cutout16@0.5) or e.g. crop2+flip"),
     "model": ("NAME", f"model: {', '.join(MODEL_NAMES)}"),
     "optimizer": ("NAME", f"{', '.join(OPTIMIZERS)} (sgd = the base optimizer alone)"),
-    "rho": ("R", "ascent radius ρ"),
-    "steps": ("K", "ascent steps k"),
-    "adaptive": (None, "ASAM's adaptive perturbation"),
-    "eta": ("E", "η of the adaptive perturbation"),
-    "alpha": ("A", "XSAM's α: auto (searched) or a number (1 = SAM)"),
-    "rho_max": ("R", "radius of the α search probes (default 2·ρ)"),
-    "alpha_grid": ("GRID", "α values searched: start:stop:step or a,b,c (default 0:2:0.1)"),
-    "alpha_every": ("N", "search α every N updates, or 'epoch' (default: at each epoch start)"),
-    "perturbation": ("MODE", "under torchrun: local (per-rank ascent, default) or global"),
+    "rho": ("R", "[sam, xsam] ascent radius ρ"),
+    "steps": ("K", "[sam, xsam] ascent steps k"),
+    "adaptive": (None, "[sam, xsam] ASAM's adaptive perturbation"),
+    "eta": ("E", "[sam, xsam] η of the adaptive perturbation"),
+    "alpha": ("A", "[xsam] α: auto (searched) or a number (1 = SAM)"),
+    "rho_max": ("R", "[xsam] radius of the α search probes (default 2·ρ)"),
+    "alpha_grid": ("GRID", "[xsam] α values searched: start:stop:step or a,b,c (default 0:2:0.1)"),
+    "alpha_every": ("N", "[xsam] search α every N updates, or 'epoch' (default: each epoch start)"),
+    "perturbation": (
+        "MODE",
+        "[sam, xsam] under torchrun: local (per-rank ascent, default), global",
+    ),
     "base": ("NAME", f"base optimizer: {', '.join(BASE_OPTIMIZERS)}"),
     "lr": ("LR", "peak learning rate"),
-    "momentum": ("M", "SGD momentum"),
+    "momentum": ("M", "[base sgd] momentum"),
     "weight_decay": ("WD", "weight decay (SGD: coupled, AdamW: decoupled)"),
-    "nesterov": (None, "Nesterov momentum (SGD)"),
+    "nesterov": (None, "[base sgd] Nesterov momentum"),
     "epochs": ("N", "epochs"),
     "batch_size": ("B", "batch size"),
     "schedule": ("NAME", f"learning-rate schedule per update: {', '.join(SCHEDULES)}"),
@@ -90,8 +94,14 @@ _HELP: dict[str, tuple[str, str]] = {
 }
 
 
+_SCOPE_NOTE = (
+    "A setting marked [sam, xsam], [xsam] or [base sgd] is used only by those optimizers; "
+    "with another one it is accepted and ignored (its type is checked, not its range)."
+)
+
+
 def _add_config_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    g = p.add_argument_group("run settings (override the preset)")
+    g = p.add_argument_group("run settings (override the preset)", _SCOPE_NOTE)
     g.add_argument("--preset", metavar="NAME", default=argparse.SUPPRESS,
                    help=f"start from a named setup: {', '.join(PRESETS)} (see `xsam presets`)")  # fmt: skip
     g.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -238,8 +248,8 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     if ns.stop_after is not None and ns.stop_after < 1:
         raise ConfigError(f"--stop-after should be >= 1 but is: {ns.stop_after}")
     config = _config_from_args(ns)
+    c = config.validated()
     if config.out is None:
-        c = config.validated()
         config = config.replace(
             out=str(Path("runs") / f"{_default_name(c)}-{c.optimizer}-seed{c.seed}")
         )
@@ -249,6 +259,10 @@ def _cmd_train(ns: argparse.Namespace) -> int:
         config = _config_from_args(ns, TrainConfig.from_json(out / CONFIG)).replace(out=str(out))
     # under torchrun only rank 0 speaks
     log = _printer(ns.quiet or os.environ.get("RANK", "0") != "0")
+    ignored = [k for k in vars(ns) if k in unused_fields(c)]
+    if log and ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        log(f"note: not used by optimizer {c.optimizer} with base {c.base}, ignored: {flags}")
     result = train(
         config,
         resume=ns.resume,

@@ -28,8 +28,11 @@ __all__ = [
     "PRESETS",
     "PRESET_NOTES",
     "RESUME_FREE_KEYS",
+    "SAM_FAMILY_FIELDS",
     "SCHEDULES",
+    "SGD_BASE_FIELDS",
     "TrainConfig",
+    "XSAM_FIELDS",
     "apply_overrides",
     "parse_alpha",
     "parse_alpha_every",
@@ -38,6 +41,7 @@ __all__ = [
     "parse_field",
     "resolve_config",
     "resume_diff",
+    "unused_fields",
 ]
 
 OPTIMIZERS = ("sgd", "sam", "xsam")
@@ -79,6 +83,9 @@ class TrainConfig:
         2·rho), alpha_grid (``None``: 0..2 step 0.1), alpha_every (``None``: search at the
         first update of every epoch, as the paper; an int: every that many updates): XSAM's α.
         base: ``sgd`` or ``adamw``, with lr, momentum (SGD only), weight_decay, nesterov.
+        A setting the optimizer does not use (:func:`unused_fields`: the SAM family's with
+        ``sgd``, XSAM's with ``sam``, momentum and nesterov with ``adamw``) is accepted and
+        ignored; only its type is checked.
     Schedule: epochs, batch_size, schedule (``cosine`` to 0 or ``constant``, per update),
         warmup_epochs (linear warm-up, may be fractional), label_smoothing.
     Run: seed, device (``auto`` picks CUDA when present), threads (CPU threads; ``None``: torch's
@@ -159,7 +166,12 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validated(self) -> TrainConfig:
         """A normalised copy (canonical names, α and grid as numbers), or :class:`ConfigError`
-        naming the first invalid field, its rule and its value."""
+        naming the first invalid field, its rule and its value.
+
+        Settings the run does not use (:func:`unused_fields`: e.g. ``rho_max`` with
+        ``optimizer="sgd"``, ``momentum`` with ``base="adamw"``) are accepted and ignored:
+        their type is checked (a number, an integer, true/false, a known name), their range
+        is not."""
         c = dataclasses.replace(self)
         c.dataset = _choice("dataset", _dataset_key(c.dataset), DATASETS)
         c.model = _choice("model", str(c.model).lower(), MODEL_NAMES)
@@ -170,18 +182,32 @@ class TrainConfig:
         c.perturbation = _choice("perturbation", str(c.perturbation).lower(), ("local", "global"))
         c.device = _device("device", c.device)
         parse_augment(c.augment)
-        for name in ("rho", "eta", "weight_decay", "warmup_epochs", "label_smoothing"):
-            setattr(c, name, _number(name, getattr(c, name), low=0.0))
+        for name in ("adaptive", "nesterov", "keep_checkpoints"):
+            if not isinstance(getattr(c, name), bool):
+                raise ConfigError(f"{name} should be true or false but is: {getattr(c, name)!r}")
+        for name in ("data_dir", "out", "preset"):
+            v = getattr(c, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{name} should be a string or null but is: {v!r}")
+        c._validate_numbers(set(unused_fields(c)))
+        return c
+
+    def _validate_numbers(self, unused: set[str]) -> None:
+        """Check and normalise the numeric fields in place; fields in ``unused`` are only
+        type-checked."""
+        c = self
+        for name in ("rho", "eta", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
+            setattr(c, name, _number(name, getattr(c, name), low=0.0, ranged=name not in unused))
         c.lr = _number("lr", c.lr, low=0.0, strict=True)
-        c.momentum = _number("momentum", c.momentum, low=0.0)
-        if c.momentum >= 1.0:
-            raise ConfigError(f"momentum should be in [0, 1) but is: {c.momentum}")
-        if c.label_smoothing >= 1.0:
-            raise ConfigError(f"label_smoothing should be in [0, 1) but is: {c.label_smoothing}")
+        for name in ("momentum", "label_smoothing"):
+            if name not in unused and getattr(c, name) >= 1.0:
+                raise ConfigError(f"{name} should be in [0, 1) but is: {getattr(c, name)}")
         # Resolved here so that config.json shows the values the run used.
         if c.rho_max is None:
             c.rho_max = 2.0 * c.rho
-        c.rho_max = _number("rho_max", c.rho_max, low=0.0, strict=c.rho > 0)
+        c.rho_max = _number(
+            "rho_max", c.rho_max, low=0.0, strict=c.rho > 0, ranged="rho_max" not in unused
+        )
         c.alpha = parse_alpha(c.alpha)
         if c.alpha != "auto":
             c.alpha_grid = None  # only searched with alpha='auto'
@@ -189,32 +215,51 @@ class TrainConfig:
             c.alpha_grid = parse_alpha_grid(
                 list(PAPER_ALPHA_GRID) if c.alpha_grid is None else c.alpha_grid
             )
+            if not c.alpha_grid and "alpha_grid" not in unused:
+                raise ConfigError("alpha_grid should be a non-empty list of numbers but is: []")
         for name in ("steps", "epochs", "batch_size", "eval_batch_size"):
-            setattr(c, name, _int(name, getattr(c, name)))
+            setattr(c, name, _int(name, getattr(c, name), low=None if name in unused else 1))
         for name in ("alpha_every", "threads", "limit_train", "limit_test", "val_size"):
             if getattr(c, name) is not None:
-                setattr(c, name, _int(name, getattr(c, name)))
+                low = None if name in unused else 1
+                setattr(c, name, _int(name, getattr(c, name), low=low))
         c.seed = _int("seed", c.seed, low=0)
-        for name in ("adaptive", "nesterov", "keep_checkpoints"):
-            if not isinstance(getattr(c, name), bool):
-                raise ConfigError(f"{name} should be true or false but is: {getattr(c, name)!r}")
-        if c.nesterov and (c.base != "sgd" or c.momentum == 0):
-            raise ConfigError("nesterov needs base 'sgd' with momentum > 0")
+        if "nesterov" not in unused and c.nesterov and c.momentum == 0:
+            raise ConfigError("nesterov needs momentum > 0")
         if c.warmup_epochs > c.epochs:
             raise ConfigError(
                 f"warmup_epochs should be <= epochs ({c.epochs}) but is: {c.warmup_epochs}"
             )
         if c.optimizer == "xsam" and c.adaptive and c.eta <= 0:
             raise ConfigError(f"eta should be > 0 for xsam with adaptive=true but is: {c.eta}")
-        for name in ("data_dir", "out", "preset"):
-            v = getattr(c, name)
-            if v is not None and not isinstance(v, str):
-                raise ConfigError(f"{name} should be a string or null but is: {v!r}")
-        return c
 
     @property
     def augmentation(self) -> Augment:
         return parse_augment(self.augment)
+
+
+SAM_FAMILY_FIELDS = ("rho", "steps", "adaptive", "eta", "perturbation")
+"""Settings of the SAM family's ascent: used by ``sam`` and ``xsam``, not by ``sgd``."""
+XSAM_FIELDS = ("alpha", "rho_max", "alpha_grid", "alpha_every")
+"""XSAM's α settings: used by ``xsam`` only."""
+SGD_BASE_FIELDS = ("momentum", "nesterov")
+"""Settings of the SGD base optimizer: not used with ``base="adamw"``."""
+
+
+def unused_fields(config: TrainConfig) -> tuple[str, ...]:
+    """The fields ``config``'s optimizer and base optimizer do not use: a run ignores them,
+    and :meth:`TrainConfig.validated` checks only their type. ``sgd`` uses neither
+    :data:`SAM_FAMILY_FIELDS` nor :data:`XSAM_FIELDS`; ``sam`` not :data:`XSAM_FIELDS`;
+    ``base="adamw"`` not :data:`SGD_BASE_FIELDS`."""
+    optimizer, base = str(config.optimizer).lower(), str(config.base).lower()
+    unused: list[str] = []
+    if optimizer not in ("sam", "xsam"):
+        unused += SAM_FAMILY_FIELDS
+    if optimizer != "xsam":
+        unused += XSAM_FIELDS
+    if base != "sgd":
+        unused += SGD_BASE_FIELDS
+    return tuple(unused)
 
 
 def resume_diff(saved: TrainConfig, new: TrainConfig) -> list[str]:
@@ -245,22 +290,28 @@ def _device(name: str, value: object) -> str:
     raise ConfigError(f"unknown {name} {value!r}; accepted: auto, cpu, cuda, cuda:N")
 
 
-def _number(name: str, value: object, *, low: float, strict: bool = False) -> float:
+def _number(
+    name: str, value: object, *, low: float, strict: bool = False, ranged: bool = True
+) -> float:
+    """A finite number; with ``ranged``, also ``> low`` (``strict``) or ``>= low``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} should be a number but is: {value!r}")
     v = float(value)
-    if not math.isfinite(v) or (v <= low if strict else v < low):
+    if not math.isfinite(v):
+        raise ConfigError(f"{name} should be a finite number but is: {value!r}")
+    if ranged and (v <= low if strict else v < low):
         raise ConfigError(f"{name} should be {'>' if strict else '>='} {low:g} but is: {value!r}")
     return v
 
 
-def _int(name: str, value: object, *, low: int = 1) -> int:
+def _int(name: str, value: object, *, low: int | None = 1) -> int:
+    """An integer (an integral float is accepted), ``>= low`` unless ``low`` is ``None``."""
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
             raise ConfigError(f"{name} should be an integer but is: {value!r}")
-    if value < low:
+    if low is not None and value < low:
         raise ConfigError(f"{name} should be >= {low} but is: {value}")
     return value
 
@@ -280,7 +331,8 @@ def parse_alpha(value: object) -> float | str:
 
 
 def parse_alpha_grid(value: object) -> list[float]:
-    """A list of numbers, ``"a,b,c"``, or ``"start:stop:step"`` (stop included)."""
+    """A list of numbers, ``"a,b,c"``, or ``"start:stop:step"`` (stop included); sorted,
+    without repeats. May be empty (:meth:`TrainConfig.validated` refuses that for XSAM)."""
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -296,8 +348,8 @@ def parse_alpha_grid(value: object) -> list[float]:
             raise ConfigError(
                 f"alpha_grid should be 'start:stop:step' or 'a,b,c' but is: {text!r}"
             ) from None
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(f"alpha_grid should be a non-empty list of numbers but is: {value!r}")
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"alpha_grid should be a list of numbers but is: {value!r}")
     out = []
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -307,7 +359,8 @@ def parse_alpha_grid(value: object) -> list[float]:
 
 
 def parse_alpha_every(value: object) -> int | None:
-    """An integer >= 1, or ``None`` / ``"epoch"`` (search at each epoch start)."""
+    """An integer, or ``None`` / ``"epoch"`` (search at each epoch start); that it is >= 1
+    is checked by :meth:`TrainConfig.validated` (XSAM only: other optimizers ignore it)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("epoch", "none")):
         return None
     if isinstance(value, str):
@@ -317,7 +370,7 @@ def parse_alpha_every(value: object) -> int | None:
             raise ConfigError(
                 f"alpha_every should be an integer >= 1 or 'epoch' but is: {value!r}"
             ) from None
-    return _int("alpha_every", value)
+    return _int("alpha_every", value, low=None)
 
 
 def parse_augment(spec: object) -> Augment:
