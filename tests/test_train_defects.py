@@ -225,3 +225,76 @@ def test_unused_settings_do_not_change_the_run():
     b = train(tiny(optimizer="sam", base="adamw", lr=1e-3, rho_max=0.0, alpha_every=0,
                    momentum=1.0, nesterov=True))  # fmt: skip
     assert without_times(a["metrics"]) == without_times(b["metrics"])
+
+
+# ---------------------------------------------------------------------- e. the same, elsewhere
+class PoisonedNet(torch.nn.Module):
+    """Wraps a model; its training pass number ``at`` (counting passes with gradients, not
+    XSAM's forward-only probes) gets a NaN input, so the update it belongs to is skipped."""
+
+    def __init__(self, inner: torch.nn.Module, at: int) -> None:
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.at:
+                x = x * math.nan
+        return self.inner(x)
+
+
+@skips_warn
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize("optimizer", ["sgd", "sam", "xsam"])
+def test_a_skipped_update_leaves_the_running_statistics(monkeypatch, optimizer, amp):
+    """The clean pass of the second update sees a NaN batch: that update is skipped, and the
+    statistics its pass wrote into BatchNorm are put back (the plain optimizer's path kept
+    them: NaN running statistics from one bad batch, for the rest of the run)."""
+    from xsam.train import state as state_mod
+
+    real = state_mod.build_model
+    at = 2 if optimizer == "sgd" else 3  # the SAM family runs two passes per update (k=1)
+
+    def poisoned(*args, **kwargs):
+        return PoisonedNet(real(*args, **kwargs), at)
+
+    monkeypatch.setattr(state_mod, "build_model", poisoned)
+    result = train(tiny(optimizer=optimizer, amp=amp))
+    assert result["metrics"][-1]["skipped_updates"] == 1
+    model = result["model"]
+    assert all_finite(model.parameters())
+    assert all_finite(b for b in model.buffers() if b.is_floating_point())
+
+
+def test_a_plain_pass_that_raises_leaves_the_running_statistics(monkeypatch):
+    """SGD's second pass updates BatchNorm's statistics, then raises: they are put back."""
+    from xsam.train import state as state_mod
+
+    class RaisesAfterForward(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner, self.calls, self.before = inner, 0, None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 2:
+                self.before = {k: v.clone() for k, v in self.inner.state_dict().items()}
+                self.inner(x)
+                raise RuntimeError("boom after the forward pass")
+            return self.inner(x)
+
+    built = []
+    real = state_mod.build_model
+
+    def raising(*args, **kwargs):
+        built.append(RaisesAfterForward(real(*args, **kwargs)))
+        return built[-1]
+
+    monkeypatch.setattr(state_mod, "build_model", raising)
+    with pytest.raises(RuntimeError, match="boom after the forward pass"):
+        train(tiny(optimizer="sgd"))
+    [net] = built
+    after = net.inner.state_dict()
+    assert all(torch.equal(after[k], net.before[k]) for k in after)
+    assert all(p.grad is None for p in net.parameters())

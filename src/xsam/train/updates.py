@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..policies import NormStatsSnapshot
 from .state import RunState
 
 __all__ = [
@@ -88,27 +89,38 @@ class Update:
 
 
 class PlainUpdate(Update):
-    """The base optimizer alone: one pass, a step unless the loss or gradient is non-finite
-    (with fp16 the GradScaler decides and lowers its scale)."""
+    """The base optimizer alone: one pass, then a step unless the loss or the gradient is
+    non-finite. A skipped update changes nothing: the running statistics its pass wrote are
+    put back (and so are they when the pass raises); with fp16 the GradScaler still lowers
+    its scale."""
+
+    def __init__(self, state: RunState, criterion: nn.Module, autocast: Autocast) -> None:
+        super().__init__(state, criterion, autocast)
+        self._stats = NormStatsSnapshot(state.model)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> UpdateResult:
         opt, scaler = self.opt, self.scaler
         opt.zero_grad(set_to_none=True)
-        with self.autocast():
-            out = self.net(x)
-            loss = self.criterion(out, y)
-        scaler.scale(loss).backward()
-        grads = [p.grad for p in self.state.model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
-        norm_f, loss_f = float(norm), float(loss.detach())
-        scale = self._loss_scale()
-        ok = math.isfinite(norm_f) and math.isfinite(loss_f)
-        if ok or scaler.is_enabled():  # a GradScaler skips a non-finite step itself
-            scaler.step(opt)
-            scaler.update()
-        return UpdateResult(
-            loss.detach(), out.detach(), {"g0_norm": norm_f / scale}, skipped=not ok
-        )
+        self._stats.save()
+        try:
+            with self.autocast():
+                out = self.net(x)
+                loss = self.criterion(out, y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # fp16: the gradient in the loss's units, inf/NaN recorded
+            grads = [p.grad for p in self.state.model.parameters() if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
+            ok = math.isfinite(norm) and math.isfinite(float(loss.detach()))
+            if ok:
+                scaler.step(opt)
+            scaler.update()  # fp16: a non-finite gradient lowers the scale
+        except BaseException:
+            self._stats.restore()
+            opt.zero_grad(set_to_none=True)
+            raise
+        if not ok:
+            self._stats.restore()
+        return UpdateResult(loss.detach(), out.detach(), {"g0_norm": norm}, skipped=not ok)
 
 
 class _SAMUpdate(Update):
