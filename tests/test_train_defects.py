@@ -4,6 +4,7 @@ never use them, and resumes that accepted what they should refuse."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -298,3 +299,26 @@ def test_a_plain_pass_that_raises_leaves_the_running_statistics(monkeypatch):
     after = net.inner.state_dict()
     assert all(torch.equal(after[k], net.before[k]) for k in after)
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    """A last.pt copied in from another run, or a config.json edited after the run started,
+    used to be resumed silently: the weights of one run continued under another's config."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    config = tiny(optimizer="sgd", epochs=2, out=str(a))
+    train(config, stop_after=1)
+    train(config.replace(lr=0.1, out=str(b)), stop_after=1)
+    saved = (a / "last.pt").read_bytes()
+    (a / "last.pt").write_bytes((b / "last.pt").read_bytes())
+    with pytest.raises(ConfigError, match=r"last.pt was written by a run with another config"):
+        train(config, resume=True)
+    with pytest.raises(ConfigError, match=r"lr: 0.1 -> 0.05"):
+        train(config, resume=True)
+    (a / "last.pt").write_bytes(saved)
+    # config.json edited to run longer: the checkpoint (and its schedule) says otherwise
+    edited = json.loads((a / "config.json").read_text())
+    (a / "config.json").write_text(json.dumps({**edited, "epochs": 3}))
+    with pytest.raises(ConfigError, match=r"another config \(epochs: 2 -> 3\)"):
+        train(config.replace(epochs=3), resume=True)
+    (a / "config.json").write_text(json.dumps(edited))
+    assert train(config, resume=True)["resumed_from"] == 1  # the run itself resumes

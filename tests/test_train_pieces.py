@@ -162,6 +162,20 @@ def test_restore_refuses_another_data_set():
         other.restore(ckpt)
 
 
+def test_restore_refuses_another_schedule_or_a_torn_checkpoint():
+    state, _ = state_of(config())
+    ckpt = through_disk(state.checkpoint())
+    fresh, _ = state_of(config())
+    fresh.schedule = LRSchedule("cosine", 99, 0, [0.05])  # e.g. another count of updates
+    with pytest.raises(ConfigError, match="another learning-rate schedule"):
+        fresh.restore(ckpt)
+    with pytest.raises(ConfigError, match=r"another config \(lr: 0.05 -> 0.1\)"):
+        state_of(config(lr=0.1))[0].restore(ckpt)
+    ckpt["epoch"] = 3
+    with pytest.raises(ConfigError, match="at epoch 3 but holds 0 rows of metrics"):
+        state.restore(ckpt)
+
+
 def test_lr_schedule_sets_every_group():
     cfg = config(epochs=2, warmup_epochs=1.0, lr=0.2)
     state, _ = state_of(cfg)

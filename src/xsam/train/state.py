@@ -23,7 +23,7 @@ from .. import SAM, XSAM, __version__
 from ..data import BatchLoader
 from ..models import build_model
 from .checkpoint import CHECKPOINT, get_rng_state, set_rng_state
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, resume_diff
 from .ranks import Ranks
 
 __all__ = ["LRSchedule", "RunState", "build_optimizer", "build_run_state", "lr_factor"]
@@ -194,7 +194,9 @@ class RunState:
 
     def restore(self, ckpt: dict[str, Any], run_dir: str | Path = ".") -> None:
         """Continue from ``ckpt`` (a :meth:`checkpoint` of the same run); raises
-        :class:`ConfigError` (naming ``run_dir``) if it cannot be used."""
+        :class:`ConfigError` (naming ``run_dir``) if it cannot be used: another data set,
+        another config (except in :data:`~xsam.train.config.RESUME_FREE_KEYS`), another
+        learning-rate schedule, or contents that do not fit this run's state."""
         run_dir = Path(run_dir)
         if ckpt.get("data_fingerprint") != self.data_fingerprint:
             raise ConfigError(
@@ -202,6 +204,7 @@ class RunState:
                 f"with (fingerprint {str(ckpt.get('data_fingerprint'))[:12]}… vs "
                 f"{self.data_fingerprint[:12]}…)"
             )
+        self._check_same_run(ckpt, run_dir)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
@@ -213,6 +216,38 @@ class RunState:
         self.metrics = list(ckpt["metrics"])
         self.global_step = int(ckpt["scheduler"]["step"])
         self.skipped_plain = int(ckpt.get("skipped_plain", 0))
+
+    def _check_same_run(self, ckpt: dict[str, Any], run_dir: Path) -> None:
+        """Refuse a checkpoint of another run (copied in, or a config.json edited since): its
+        config, its schedule and its epoch count must be this run's."""
+        where = run_dir / CHECKPOINT
+        try:
+            saved = TrainConfig.from_dict(ckpt["config"]).validated()
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot resume from {where}: it records no usable config ({exc})"
+            ) from None
+        diff = resume_diff(saved, self.config)
+        if diff:
+            raise ConfigError(
+                f"cannot resume {run_dir}: {where} was written by a run with another config "
+                f"({'; '.join(diff)}); use --force to start over"
+            )
+        sched = dict(ckpt.get("scheduler") or {})
+        sched.pop("step", None)
+        mine = self.schedule.state_dict(0)
+        mine.pop("step")
+        if sched != mine:
+            raise ConfigError(
+                f"cannot resume {run_dir}: {where} has another learning-rate schedule ({sched}; "
+                f"this run: {mine}), e.g. a different number of updates per epoch"
+            )
+        metrics = ckpt.get("metrics")
+        if not isinstance(metrics, list) or len(metrics) != ckpt.get("epoch"):
+            raise ConfigError(
+                f"cannot resume from {where}: it is at epoch {ckpt.get('epoch')!r} but holds "
+                f"{len(metrics) if isinstance(metrics, list) else 'no'} rows of metrics"
+            )
 
 
 def build_run_state(
