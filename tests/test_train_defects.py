@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -322,3 +323,29 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         train(config.replace(epochs=3), resume=True)
     (a / "config.json").write_text(json.dumps(edited))
     assert train(config, resume=True)["resumed_from"] == 1  # the run itself resumes
+
+
+def test_compare_never_shows_an_earlier_comparisons_results(tmp_path, monkeypatch):
+    """alpha.png of an earlier comparison with XSAM stayed next to a new comparison without
+    it, and an interrupted comparison left the earlier results.md as if they were its own."""
+    from xsam.train import compare as cmp
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    for name in ("results.md", "results.json", "test_acc.png", "alpha.png"):
+        (out / name).write_text("an earlier comparison's")
+    base = tiny(optimizer="sgd", limit_train=128, limit_test=64)
+    variants = cmp.parse_variants(["sgd"])
+    real = cmp.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmp, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cmp.run_compare(base, variants, [0], out)
+    assert names(out) == ["compare.json"]
+    monkeypatch.setattr(cmp, "train", real)
+    result = cmp.run_compare(base, variants, [0], out)
+    assert names(out) == ["compare.json", "results.json", "results.md", "sgd-seed0", "test_acc.png"]
+    assert [Path(f).name for f in result["files"]] == ["results.md", "results.json", "test_acc.png"]

@@ -5,7 +5,8 @@ folder, one after another. Rerunning the same comparison skips the runs that are
 resumes the ones that stopped, so an interrupted comparison is continued by running the same
 command again. The comparison folder gets ``compare.json`` (the plan), ``results.md`` (the
 table, the command and the machine), ``results.json`` (the numbers) and ``test_acc.png`` /
-``alpha.png``.
+``alpha.png``. Those four are deleted when a comparison starts and written when it ends, so
+the folder never shows the results of an earlier comparison as this one's.
 
 A variant is an optimizer name with optional config overrides, e.g. ``sgd``, ``sam:rho=0.05``
 or ``xsam:steps=2,alpha_every=100``.
@@ -46,6 +47,7 @@ __all__ = [
 
 MANIFEST, RESULTS_MD, RESULTS_JSON = "compare.json", "results.md", "results.json"
 PLOT_ACC, PLOT_ALPHA = "test_acc.png", "alpha.png"
+RESULT_FILES = (RESULTS_MD, RESULTS_JSON, PLOT_ACC, PLOT_ALPHA)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ def run_compare(
             "base": base.to_dict(),
         }
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        for name in RESULT_FILES:  # an earlier comparison's: written anew at the end
+            (out_dir / name).unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigError(
             f"cannot write to output folder {out_dir}: {exc.strerror or exc}"
