@@ -361,8 +361,7 @@ def make_loaders(
     def evaluation(x: torch.Tensor, y: torch.Tensor) -> BatchLoader:
         return BatchLoader(x, y, cfg.eval_batch_size, shuffle=False, **norm)
 
-    val = evaluation(ex.val_x, ex.val_y) if ex.val_x is not None else None
-    assert (ex.val_x is None) == (ex.val_y is None)
+    val = evaluation(ex.val_x, ex.val_y) if ex.val_x is not None and ex.val_y is not None else None
     train = BatchLoader(
         ex.train_x,
         ex.train_y,
