@@ -16,6 +16,7 @@ from xsam.models.wide_resnet import WideResNet
 # WRN authors' layout (WRN-28-10) and He et al. option A (ResNet-20, published as 0.27M).
 PARAMS_10 = {
     "mlp": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10,  # 784-1024-1024-10
+    "plain_cnn": 1_630_090,
     "small_cnn": 94_762,
     "resnet20": 269_722,
     "resnet18": 11_173_962,
@@ -26,6 +27,7 @@ PARAMS_10 = {
 }
 PARAMS_100 = {
     "mlp": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 100 + 100,
+    "plain_cnn": 1_630_090 + 512 * 90 + 90,
     "small_cnn": 106_372,
     "resnet20": 275_572,
     "resnet18": 11_220_132,
@@ -240,3 +242,12 @@ def test_conv_models_ignore_image_size_and_mlp_checks_it() -> None:
         build_model("mlp", image_size=0)
     with pytest.raises(ValueError, match="width should be >= 1 but is: 0"):
         build_model("mlp", width=0)
+
+
+def test_plain_cnn_has_no_normalisation_and_fits_its_input() -> None:
+    torch.manual_seed(0)
+    model = build_model("plain_cnn", num_classes=3, in_channels=3, image_size=32)
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(ValueError, match="image_size should be >= 4 but is: 3"):
+        build_model("plain_cnn", image_size=3)

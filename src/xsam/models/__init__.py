@@ -1,8 +1,9 @@
 """Image-classification models for CIFAR-sized inputs, built by name.
 
 Every convolutional model ends in adaptive average pooling, so it also runs on other input
-sizes (28x28 grayscale with ``in_channels=1``, for instance); ``mlp`` is built for one input
-size (``image_size``). Convolutions are Kaiming-normal initialised
+sizes (28x28 grayscale with ``in_channels=1``, for instance); ``mlp`` and ``plain_cnn`` (the
+label-noise benchmark's models, without normalisation) are built for one input size
+(``image_size``). Convolutions are Kaiming-normal initialised
 (fan_out, ReLU), BatchNorm layers start at weight 1 and bias 0; construction is deterministic
 under :func:`torch.manual_seed`.
 
@@ -24,6 +25,7 @@ from torch import nn
 from ._common import check_positive_int
 from .densenet import DenseNet, densenet121
 from .mlp import MLP, mlp
+from .plain_cnn import PlainCNN, plain_cnn
 from .resnet import CifarResNet, ResNet, resnet18, resnet20, resnet50
 from .small import SmallCNN, small_cnn
 from .vgg import VGG, vgg11_bn
@@ -32,6 +34,7 @@ from .wide_resnet import WideResNet, wrn28_10
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
     "mlp": mlp,
+    "plain_cnn": plain_cnn,
     "resnet20": resnet20,
     "resnet18": resnet18,
     "resnet50": resnet50,
@@ -43,7 +46,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 """Names accepted by :func:`build_model`."""
 
-FIXED_INPUT: frozenset[str] = frozenset({"mlp"})
+FIXED_INPUT: frozenset[str] = frozenset({"mlp", "plain_cnn"})
 """Models whose input size is fixed at construction (``image_size`` of :func:`build_model`);
 they have no normalisation layers."""
 
@@ -62,7 +65,7 @@ def build_model(
         num_classes: number of output logits (>= 1).
         in_channels: number of input image channels (>= 1).
         image_size: the input's height = width. Only the models with a fixed input size
-            (:data:`FIXED_INPUT`: ``mlp``) use it (default 28 there); the convolutional
+            (:data:`FIXED_INPUT`: ``mlp``, ``plain_cnn``) use it (default 28 there); the convolutional
             models run on any size and ignore it.
         **kwargs: extra keyword arguments for the model's builder, e.g. ``dropout`` for
             ``small_cnn`` and ``wrn28_10``, ``width`` / ``depth`` for ``mlp``. An argument
@@ -94,6 +97,7 @@ __all__ = [
     "CifarResNet",
     "DenseNet",
     "MLP",
+    "PlainCNN",
     "ResNet",
     "SmallCNN",
     "WideResNet",
@@ -103,6 +107,7 @@ __all__ = [
     "resnet20",
     "resnet50",
     "mlp",
+    "plain_cnn",
     "small_cnn",
     "vgg11_bn",
     "wrn28_10",
