@@ -227,4 +227,5 @@ def test_settings_the_optimizer_does_not_use_are_accepted_with_a_note(capsys, tm
     argv = ["train", "--optimizer", "xsam", *TINY, "--out", str(tmp_path / "x")]
     assert_usage_error(capsys, [*argv, "--rho-max", "0"], "rho_max should be > 0")
     code, out_help, _ = run(capsys, "train", "--help")
+    out_help = " ".join(out_help.split())  # argparse wraps lines where it likes
     assert "[xsam] radius of the α search probes" in out_help and "accepted and ignored" in out_help

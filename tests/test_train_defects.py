@@ -349,3 +349,20 @@ def test_compare_never_shows_an_earlier_comparisons_results(tmp_path, monkeypatc
     result = cmp.run_compare(base, variants, [0], out)
     assert names(out) == ["compare.json", "results.json", "results.md", "sgd-seed0", "test_acc.png"]
     assert [Path(f).name for f in result["files"]] == ["results.md", "results.json", "test_acc.png"]
+
+
+def test_resume_refuses_another_number_of_processes(tmp_path):
+    """A run started under torchrun with 2 processes and resumed with 1 (or the other way)
+    continued silently with other data shards."""
+    from xsam.train.checkpoint import atomic_save, load_checkpoint
+
+    out = tmp_path / "run"
+    config = tiny(optimizer="sgd", epochs=2, out=str(out))
+    train(config, stop_after=1)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["processes"] == 1
+    atomic_save({**ckpt, "processes": 2}, out / "last.pt")
+    with pytest.raises(ConfigError, match=r"ran on 2 process\(es\), this run on 1"):
+        train(config, resume=True)
+    atomic_save(ckpt, out / "last.pt")
+    assert train(config, resume=True)["resumed_from"] == 1

@@ -69,7 +69,7 @@ def state_of(cfg: TrainConfig, data: ImageDataset | None = None) -> tuple[RunSta
         cfg,
         run.train,
         num_classes=10,
-        in_channels=1,
+        image_shape=(1, 28, 28),
         data_fingerprint=run.fingerprint,
         device=CPU,
         ranks=Ranks(),

@@ -21,6 +21,7 @@ from ..data import load_dataset, normalize, stratified_indices
 from ..models import build_model
 from ..train.checkpoint import CONFIG, atomic_write_text, load_checkpoint
 from ..train.config import ConfigError, TrainConfig
+from ..train.state import model_options
 from .directions import claims_summary, cosine_record, probe_directions
 from .landscape import plane_landscape
 from .plots import plot_cosines, plot_plane_landscape
@@ -98,7 +99,13 @@ def probe_run(
     idx = stratified_indices(data.train_y, per_class, torch.Generator().manual_seed(0))
     x = normalize(data.train_x[idx].float() / 255.0, data.mean, data.std)
     y = data.train_y[idx]
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.image_shape[0])
+    model = build_model(
+        cfg.model,
+        num_classes=data.num_classes,
+        in_channels=data.image_shape[0],
+        image_size=data.image_shape[-1],
+        **model_options(cfg),
+    )
 
     def loss_fn(m: torch.nn.Module) -> torch.Tensor:
         return F.cross_entropy(m(x), y)

@@ -64,6 +64,9 @@ METRIC_KEYS = (
     "test_acc",
     "val_loss",
     "val_acc",
+    "train_acc_noisy",
+    "train_acc_clean",
+    "memorized",
     "alpha",
     "psi",
     "g0_norm",
@@ -79,6 +82,9 @@ METRIC_KEYS = (
 """Columns of ``metrics.csv``. Accuracies are fractions in [0, 1]; ``psi``, ``g0_norm`` and
 ``gk_norm`` are means over the epoch's updates; ``alpha`` is the α in use at the epoch's end;
 ``val_loss`` / ``val_acc`` are empty without a validation set (``val_size``);
+``train_acc_noisy`` / ``train_acc_clean`` (the trained model on the unaugmented training images,
+against the noisy and the true labels) and ``memorized`` (the fraction of flipped examples
+predicted as their wrong label) are empty without label noise;
 ``lr`` the learning rate of the epoch's first update; ``epoch_time_s`` the training time of the
 epoch (``eval_time_s`` the evaluation's); ``wall_s`` the run's total of both so far;
 ``skipped_updates`` the run's total so far."""

@@ -61,7 +61,12 @@ _HELP: dict[str, tuple[str, str]] = {
     "limit_test": ("N", "evaluate on N test examples only (a fixed class-balanced subset)"),
     "val_size": ("N", "hold out N training examples as a validation set (val acc each epoch)"),
     "augment": ("SPEC", "none, paper (= crop4+flip+cutout16@0.5) or e.g. crop2+flip"),
+    "label_noise": ("P", "fraction of training and validation labels flipped (never test)"),
+    "noise_type": ("KIND", "label noise: symmetric (other classes uniformly) or pair (c → c+1)"),
+    "noise_seed": ("S", "seed of the label noise (the same for every method and run seed)"),
     "model": ("NAME", f"model: {', '.join(MODEL_NAMES)}"),
+    "width": ("W", "[mlp, plain_cnn] hidden width (default 1024 / 512)"),
+    "depth": ("D", "[mlp] hidden layers (default 2)"),
     "optimizer": ("NAME", f"{', '.join(OPTIMIZERS)} (sgd = the base optimizer alone)"),
     "rho": ("R", "[sam, xsam] ascent radius ρ"),
     "steps": ("K", "[sam, xsam] ascent steps k"),
@@ -95,8 +100,9 @@ _HELP: dict[str, tuple[str, str]] = {
 
 
 _SCOPE_NOTE = (
-    "A setting marked [sam, xsam], [xsam] or [base sgd] is used only by those optimizers; "
-    "with another one it is accepted and ignored (its type is checked, not its range)."
+    "A setting marked [sam, xsam], [xsam], [base sgd] or with model names is used only by "
+    "those optimizers or models; with another one it is accepted and ignored (its type is "
+    "checked, not its range)."
 )
 
 

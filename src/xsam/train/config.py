@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, Augment
+from ..data import DATASETS, NOISE_TYPES, Augment
 from ..models import MODEL_NAMES
 
 __all__ = [
@@ -64,7 +64,7 @@ class TrainConfig:
     """Everything that determines a training run.
 
     The defaults are the ``fmnist-sample-cnn`` preset: a small CNN on the Fashion-MNIST sample
-    embedded in the package, with the paper's optimizer hyperparameters (ALGORITHM.md §5).
+    embedded in the package, with the paper's optimizer hyperparameters (docs/algorithm.md §5).
 
     Data:
         dataset: one of :data:`xsam.data.DATASETS`. data_dir: where its files are (default:
@@ -75,8 +75,13 @@ class TrainConfig:
         (``val_loss``, ``val_acc``), for choosing hyper-parameters without the test set; taken
         before limit_train applies. augment: ``"none"``, ``"paper"`` (= ``crop4+flip+cutout16@0.5``) or ``+``-joined
         parts ``cropP`` (random crop with P pixels of zero padding), ``flip``, ``cutoutS`` or
-        ``cutoutS@p`` (S×S Cutout applied with probability p).
-    Model: model: one of :data:`xsam.models.MODEL_NAMES`.
+        ``cutoutS@p`` (S×S Cutout applied with probability p). label_noise: the fraction of
+        training and validation labels replaced by a wrong class (never the test labels),
+        noise_type ``symmetric`` (uniform over the other classes) or ``pair`` (class c → c+1),
+        noise_seed: the noise's own seed (:func:`xsam.data.noisy_labels`), independent of
+        ``seed`` so every method and every run seed sees the same noisy labels.
+    Model: model: one of :data:`xsam.models.MODEL_NAMES`; width (``mlp``, ``plain_cnn``) and
+        depth (``mlp``): the model's size (``None``: its default).
     Optimizer:
         optimizer: ``sgd`` (the base optimizer alone), ``sam`` or ``xsam``. rho, steps (k),
         adaptive, eta: the SAM-family ascent. alpha (``"auto"`` or a number), rho_max (``None``:
@@ -100,7 +105,12 @@ class TrainConfig:
     limit_test: int | None = None
     val_size: int | None = None
     augment: str = "crop2+flip"
+    label_noise: float = 0.0
+    noise_type: str = "symmetric"
+    noise_seed: int = 0
     model: str = "small_cnn"
+    width: int | None = None
+    depth: int | None = None
     optimizer: str = "xsam"
     rho: float = 0.15
     steps: int = 1
@@ -180,6 +190,7 @@ class TrainConfig:
         c.schedule = _choice("schedule", str(c.schedule).lower(), SCHEDULES)
         c.amp = _choice("amp", str(c.amp).lower(), AMP_MODES)
         c.perturbation = _choice("perturbation", str(c.perturbation).lower(), ("local", "global"))
+        c.noise_type = _choice("noise_type", str(c.noise_type).lower(), NOISE_TYPES)
         c.device = _device("device", c.device)
         parse_augment(c.augment)
         for name in ("adaptive", "nesterov", "keep_checkpoints"):
@@ -224,6 +235,14 @@ class TrainConfig:
                 low = None if name in unused else 1
                 setattr(c, name, _int(name, getattr(c, name), low=low))
         c.seed = _int("seed", c.seed, low=0)
+        c.noise_seed = _int("noise_seed", c.noise_seed, low=0)
+        c.label_noise = _number("label_noise", c.label_noise, low=0.0)
+        if c.label_noise >= 1.0:
+            raise ConfigError(f"label_noise should be in [0, 1) but is: {c.label_noise}")
+        for name in ("width", "depth"):
+            if getattr(c, name) is not None:
+                low = None if name in unused else 1
+                setattr(c, name, _int(name, getattr(c, name), low=low))
         if "nesterov" not in unused and c.nesterov and c.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0")
         if c.warmup_epochs > c.epochs:
@@ -244,6 +263,10 @@ XSAM_FIELDS = ("alpha", "rho_max", "alpha_grid", "alpha_every")
 """XSAM's α settings: used by ``xsam`` only."""
 SGD_BASE_FIELDS = ("momentum", "nesterov")
 """Settings of the SGD base optimizer: not used with ``base="adamw"``."""
+WIDTH_MODELS = ("mlp", "plain_cnn")
+"""Models with a ``width`` option."""
+DEPTH_MODELS = ("mlp",)
+"""Models with a ``depth`` option."""
 
 
 def unused_fields(config: TrainConfig) -> tuple[str, ...]:
@@ -259,6 +282,11 @@ def unused_fields(config: TrainConfig) -> tuple[str, ...]:
         unused += XSAM_FIELDS
     if base != "sgd":
         unused += SGD_BASE_FIELDS
+    model = str(config.model).lower()
+    if model not in WIDTH_MODELS:
+        unused.append("width")
+    if model not in DEPTH_MODELS:
+        unused.append("depth")
     return tuple(unused)
 
 
@@ -438,7 +466,12 @@ _PARSERS: dict[str, Any] = {
     "limit_test": _optional(_typed(int)),
     "val_size": _optional(_typed(int)),
     "augment": str,
+    "label_noise": _typed(float),
+    "noise_type": str,
+    "noise_seed": _typed(int),
     "model": str,
+    "width": _optional(_typed(int)),
+    "depth": _optional(_typed(int)),
     "optimizer": str,
     "rho": _typed(float),
     "steps": _typed(int),
@@ -527,7 +560,9 @@ for _ds, _tag in (("cifar10", "cifar10"), ("cifar100", "cifar100")):
         ("resnet50", "resnet50"),
     ):
         PRESETS[f"{_tag}-{_mtag}"] = {**_PAPER, "dataset": _ds, "model": _model}
-        PRESET_NOTES[f"{_tag}-{_mtag}"] = "paper setup (ALGORITHM.md §5), needs the data and a GPU"
+        PRESET_NOTES[f"{_tag}-{_mtag}"] = (
+            "paper setup (docs/algorithm.md §5), needs the data and a GPU"
+        )
 PRESETS["tinyimagenet-resnet18"] = {**_PAPER, "dataset": "tiny-imagenet", "model": "resnet18"}
 PRESET_NOTES["tinyimagenet-resnet18"] = "paper setup at 32×32, needs the data and a GPU"
 PRESETS["fmnist-sample-cnn"] = {

@@ -24,7 +24,17 @@ from .ranks import Ranks
 from .state import RunState
 from .updates import STAT_KEYS, Update, UpdateResult
 
-__all__ = ["EpochTotals", "epoch_line", "epoch_row", "evaluate", "run_epoch", "train_epoch"]
+__all__ = [
+    "MEMO_KEYS",
+    "EpochTotals",
+    "epoch_line",
+    "epoch_row",
+    "evaluate",
+    "memorisation_metrics",
+    "predictions",
+    "run_epoch",
+    "train_epoch",
+]
 
 
 @torch.no_grad()
@@ -128,10 +138,13 @@ def run_epoch(
     autocast: Callable[[], Any] = contextlib.nullcontext,
     ranks: Ranks | None = None,
     progress: bool = False,
+    memorisation: tuple[BatchLoader | None, torch.Tensor | None] = (None, None),
 ) -> dict[str, Any]:
     """Train epoch ``epoch`` and evaluate; return its row of metrics (not yet appended to
     ``state.metrics``). ``eval_loaders`` maps a prefix (``"test"``, ``"val"``) to a loader,
-    or to ``None`` for a set the run does not have (its columns are then ``None``)."""
+    or to ``None`` for a set the run does not have (its columns are then ``None``).
+    ``memorisation``: with label noise, the training images in order with their noisy labels
+    and the true labels, for :func:`memorisation_metrics`."""
     ranks = ranks or Ranks()
     lr = state.schedule.lr(state.global_step)
     t0 = time.perf_counter()
@@ -144,8 +157,58 @@ def run_epoch(
         name: evaluate(state.model, loader, autocast) if loader is not None else (None, None)
         for name, loader in eval_loaders.items()
     }
+    memo = memorisation_metrics(state.model, *memorisation, autocast=autocast)
     eval_time = time.perf_counter() - t1
-    return epoch_row(state, epoch, totals, evals, lr=lr, times=(train_time, eval_time))
+    row = epoch_row(state, epoch, totals, evals, lr=lr, times=(train_time, eval_time))
+    row.update(memo)
+    return row
+
+
+@torch.no_grad()
+def predictions(
+    model: nn.Module, loader: BatchLoader, autocast: Callable[[], Any] = contextlib.nullcontext
+) -> torch.Tensor:
+    """The class ``model`` (in eval mode) predicts for every example of ``loader``, in order."""
+    was_training = model.training
+    model.eval()
+    out = [model_out.argmax(1) for model_out in _outputs(model, loader, autocast)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _outputs(model: nn.Module, loader: BatchLoader, autocast: Callable[[], Any]):
+    for x, _ in loader:
+        with autocast():
+            yield model(x)
+
+
+def memorisation_metrics(
+    model: nn.Module,
+    loader: BatchLoader | None,
+    clean_y: torch.Tensor | None,
+    *,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> dict[str, float | None]:
+    """Memorisation made visible, on the (unaugmented) training set in eval mode:
+    ``train_acc_noisy`` (accuracy on the labels the run trains on), ``train_acc_clean`` (on
+    the true labels) and ``memorized`` (the fraction of the flipped examples predicted as
+    their wrong label). ``None`` each without label noise."""
+    if loader is None or clean_y is None:
+        return dict.fromkeys(MEMO_KEYS)
+    pred = predictions(model, loader, autocast)
+    noisy_y = loader.y
+    flipped = noisy_y != clean_y
+    n_flipped = int(flipped.sum())
+    return {
+        "train_acc_noisy": float((pred == noisy_y).double().mean()),
+        "train_acc_clean": float((pred == clean_y).double().mean()),
+        "memorized": float((pred[flipped] == noisy_y[flipped]).double().mean())
+        if n_flipped
+        else None,
+    }
+
+
+MEMO_KEYS = ("train_acc_noisy", "train_acc_clean", "memorized")
 
 
 def epoch_row(
@@ -195,6 +258,11 @@ def epoch_line(r: dict[str, Any], epochs: int) -> str:
     )
     if r.get("val_acc") is not None:
         line += f"  val acc {100 * r['val_acc']:5.2f}%"
+    if r.get("memorized") is not None:
+        line += (
+            f"  train acc noisy/clean {100 * r['train_acc_noisy']:5.2f}/"
+            f"{100 * r['train_acc_clean']:5.2f}%  memorized {100 * r['memorized']:5.2f}%"
+        )
     if r["alpha"] is not None:
         line += f"  α {r['alpha']:.2f}"
     if r["psi"] is not None:

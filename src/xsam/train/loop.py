@@ -20,6 +20,7 @@ the CPU a run is a function of its config, and a resumed run continues bit for b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import BatchLoader, ImageDataset, load_dataset
+from ..data import BatchLoader, ImageDataset, load_dataset, noisy_labels
 from .checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -226,7 +227,7 @@ def _run(
         cfg,
         data.train,
         num_classes=data.dataset.num_classes,
-        in_channels=data.dataset.image_shape[0],
+        image_shape=data.dataset.image_shape,
         data_fingerprint=data.fingerprint,
         device=device,
         ranks=ranks,
@@ -251,6 +252,7 @@ def _run(
             update,
             epoch,
             eval_loaders={"test": data.test, "val": data.val},
+            memorisation=(data.train_eval, data.train_clean_y),
             autocast=autocast,
             ranks=ranks,
             progress=progress,
@@ -294,7 +296,8 @@ def write_epoch(state: RunState, run_dir: Path) -> None:
 @dataclass
 class Examples:
     """The examples a run uses, as uint8 images and labels: train, test and (with
-    ``val_size``) validation."""
+    ``val_size``) validation. With label noise, ``train_y`` and ``val_y`` are the noisy
+    labels the run sees and ``train_clean_y`` the true training labels."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -302,6 +305,7 @@ class Examples:
     test_y: torch.Tensor
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
+    train_clean_y: torch.Tensor | None = None
 
 
 @dataclass
@@ -316,6 +320,9 @@ class RunData:
     test: BatchLoader
     val: BatchLoader | None
     train_examples: int
+    train_eval: BatchLoader | None = None  # the training images in order, noisy labels
+    train_clean_y: torch.Tensor | None = None
+    noise: dict[str, Any] | None = None  # what label_noise did (for run.json)
 
 
 def prepare_data(cfg: TrainConfig, device: torch.device, ranks: Ranks | None = None) -> RunData:
@@ -348,7 +355,30 @@ def select_examples(cfg: TrainConfig, data: ImageDataset) -> Examples:
     if cfg.limit_test is not None:
         idx = balanced_subset(ex.test_y, cfg.limit_test)
         ex.test_x, ex.test_y = ex.test_x[idx], ex.test_y[idx]
+    if cfg.label_noise > 0:
+        add_label_noise(cfg, ex, data.num_classes)
     return ex
+
+
+def add_label_noise(cfg: TrainConfig, ex: Examples, num_classes: int) -> None:
+    """Flip ``cfg.label_noise`` of the training labels and of the validation labels (each set
+    exactly, from ``noise_seed`` and ``noise_seed + 1``), never the test labels; keep the true
+    training labels in ``ex.train_clean_y``."""
+    kw = {"kind": cfg.noise_type, "num_classes": num_classes}
+    ex.train_clean_y = ex.train_y
+    ex.train_y = noisy_labels(ex.train_y, cfg.label_noise, seed=cfg.noise_seed, **kw)
+    if ex.val_y is not None:
+        ex.val_y = noisy_labels(ex.val_y, cfg.label_noise, seed=cfg.noise_seed + 1, **kw)
+
+
+def data_fingerprint(cfg: TrainConfig, data: ImageDataset) -> str:
+    """The data set's fingerprint, extended by the label noise when there is any (so a
+    resumed run refuses other noisy labels even if its config was edited)."""
+    base = data.fingerprint()
+    if cfg.label_noise == 0:
+        return base
+    spec = f"{base}|noise={cfg.label_noise!r}|{cfg.noise_type}|{cfg.noise_seed}"
+    return hashlib.sha256(spec.encode()).hexdigest()
 
 
 def make_loaders(
@@ -362,6 +392,7 @@ def make_loaders(
         return BatchLoader(x, y, cfg.eval_batch_size, shuffle=False, **norm)
 
     val = evaluation(ex.val_x, ex.val_y) if ex.val_x is not None and ex.val_y is not None else None
+    noisy = ex.train_clean_y is not None
     train = BatchLoader(
         ex.train_x,
         ex.train_y,
@@ -375,12 +406,28 @@ def make_loaders(
     )
     return RunData(
         dataset=data,
-        fingerprint=data.fingerprint(),
+        fingerprint=data_fingerprint(cfg, data),
         train=train,
         test=evaluation(ex.test_x, ex.test_y),
         val=val,
         train_examples=len(ex.train_y),
+        train_eval=evaluation(ex.train_x, ex.train_y) if noisy else None,
+        train_clean_y=ex.train_clean_y.to(device) if noisy else None,
+        noise=noise_summary(cfg, ex),
     )
+
+
+def noise_summary(cfg: TrainConfig, ex: Examples) -> dict[str, Any] | None:
+    if ex.train_clean_y is None:
+        return None
+    return {
+        "rate": cfg.label_noise,
+        "type": cfg.noise_type,
+        "seed": cfg.noise_seed,
+        "flipped_train": float((ex.train_y != ex.train_clean_y).double().mean()),
+        "train_examples": len(ex.train_y),
+        "noisy_val_examples": 0 if ex.val_y is None else len(ex.val_y),
+    }
 
 
 def balanced_subset(y: torch.Tensor, n: int, seed: int = SUBSET_SEED) -> torch.Tensor:
@@ -457,6 +504,7 @@ def _run_info(device: torch.device, data: RunData, model: nn.Module, ranks: Rank
         "train_examples": data.train_examples,
         "parameters": sum(p.numel() for p in model.parameters()),
         "processes": ranks.world,
+        "label_noise": data.noise,
     }
 
 

@@ -23,10 +23,17 @@ from .. import SAM, XSAM, __version__
 from ..data import BatchLoader
 from ..models import build_model
 from .checkpoint import CHECKPOINT, get_rng_state, set_rng_state
-from .config import ConfigError, TrainConfig, resume_diff
+from .config import ConfigError, TrainConfig, resume_diff, unused_fields
 from .ranks import Ranks
 
-__all__ = ["LRSchedule", "RunState", "build_optimizer", "build_run_state", "lr_factor"]
+__all__ = [
+    "LRSchedule",
+    "RunState",
+    "build_optimizer",
+    "build_run_state",
+    "lr_factor",
+    "model_options",
+]
 
 CHECKPOINT_FORMAT = 1
 
@@ -152,6 +159,7 @@ class RunState:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     global_step: int = 0
     skipped_plain: int = 0
+    processes: int = 1  # torchrun's world size: data shards and local perturbation depend on it
 
     @property
     def epoch(self) -> int:
@@ -186,6 +194,7 @@ class RunState:
             "loader": self.loader.state_dict(),
             "rng": get_rng_state(),
             "skipped_plain": self.skipped_plain,
+            "processes": self.processes,
             "metrics": list(self.metrics),
             "config": self.config.to_dict(),
             "data_fingerprint": self.data_fingerprint,
@@ -242,6 +251,13 @@ class RunState:
                 f"cannot resume {run_dir}: {where} has another learning-rate schedule ({sched}; "
                 f"this run: {mine}), e.g. a different number of updates per epoch"
             )
+        saved_world = int(ckpt.get("processes", 1))
+        if saved_world != self.processes:
+            raise ConfigError(
+                f"cannot resume {run_dir}: it ran on {saved_world} process(es), this run on "
+                f"{self.processes}; the data shards (and a local perturbation) depend on it, so "
+                f"resume with the same number (torchrun --nproc_per_node={saved_world})"
+            )
         metrics = ckpt.get("metrics")
         if not isinstance(metrics, list) or len(metrics) != ckpt.get("epoch"):
             raise ConfigError(
@@ -250,12 +266,22 @@ class RunState:
             )
 
 
+def model_options(config: TrainConfig) -> dict[str, int]:
+    """The model size options ``config`` sets for its model (``width``, ``depth``)."""
+    unused = set(unused_fields(config))
+    return {
+        name: getattr(config, name)
+        for name in ("width", "depth")
+        if getattr(config, name) is not None and name not in unused
+    }
+
+
 def build_run_state(
     config: TrainConfig,
     loader: BatchLoader,
     *,
     num_classes: int,
-    in_channels: int,
+    image_shape: tuple[int, ...],
     data_fingerprint: str,
     device: torch.device,
     ranks: Ranks,
@@ -266,7 +292,13 @@ def build_run_state(
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, num_classes=num_classes, in_channels=in_channels)
+    model = build_model(
+        config.model,
+        num_classes=num_classes,
+        in_channels=image_shape[0],
+        image_size=image_shape[-1],
+        **model_options(config),
+    )
     model.to(device)
     net: nn.Module = model
     if ranks.world > 1:
@@ -283,4 +315,5 @@ def build_run_state(
         loader=loader,
         schedule=LRSchedule.of(config, opt, len(loader)),
         data_fingerprint=data_fingerprint,
+        processes=ranks.world,
     )
