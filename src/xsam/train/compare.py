@@ -1,12 +1,18 @@
-"""Compare optimizers over seeds: a grid of runs, a markdown table and plots.
+"""Compare optimizers over seeds: a grid of runs, a markdown table, paired verdicts and plots.
 
 ``run_compare`` trains every (variant, seed) pair in its own subfolder of the comparison
-folder, one after another. Rerunning the same comparison skips the runs that are complete and
+folder, one after another or ``jobs`` at a time in separate processes. Rerunning the same comparison skips the runs that are complete and
 resumes the ones that stopped, so an interrupted comparison is continued by running the same
 command again. The comparison folder gets ``compare.json`` (the plan), ``results.md`` (the
 table, the command and the machine), ``results.json`` (the numbers) and ``test_acc.png`` /
 ``alpha.png``. Those four are deleted when a comparison starts and written when it ends, so
 the folder never shows the results of an earlier comparison as this one's.
+
+Runs are paired: with the same seed every variant starts from the same initialisation and
+sees the data in the same order. For every pair of variants (``b`` listed after ``a``, or the
+pairs asked for) the results give the per-seed difference ``b − a`` of the final and best test
+accuracy with a 95% t interval over the seeds both completed, and a verdict ("xsam better",
+"not distinguishable", ...; see :mod:`xsam.train.stats`).
 
 A variant is an optimizer name with optional config overrides, e.g. ``sgd``, ``sam:rho=0.05``
 or ``xsam:steps=2,alpha_every=100``.
@@ -16,10 +22,15 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import platform
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,22 +38,33 @@ from typing import Any
 
 import torch
 
+from ..data import DataError
 from .checkpoint import atomic_write_text, read_metrics, run_status
 from .config import OPTIMIZERS, ConfigError, TrainConfig, apply_overrides
 from .loop import RESUME_FREE_KEYS, train
+from .stats import MINUS, format_points, paired_difference, verdict, verdict_line
 
 __all__ = [
     "PlannedRun",
+    "RunsFailed",
     "Variant",
     "aggregate",
+    "check_jobs",
+    "check_pairs",
+    "compare_pairs",
+    "default_pairs",
+    "format_pairs",
     "format_table",
     "load_runs",
     "mean_std",
+    "parse_pairs",
     "parse_seeds",
     "parse_variants",
     "plan_runs",
     "plot_runs",
+    "prepare_comparison",
     "run_compare",
+    "train_plan",
 ]
 
 MANIFEST, RESULTS_MD, RESULTS_JSON = "compare.json", "results.md", "results.json"
@@ -149,22 +171,23 @@ def _check_existing(plan: Sequence[PlannedRun]) -> None:
             )
 
 
-def run_compare(
-    base: TrainConfig,
-    variants: Sequence[Variant],
-    seeds: Sequence[int],
-    out_dir: str | Path,
-    *,
-    force: bool = False,
-    log: Callable[[str], None] | None = None,
-    progress: bool = False,
-    plots: bool = True,
-) -> dict[str, Any]:
-    """Train the grid (skipping complete runs, resuming stopped ones; ``force`` redoes all),
-    then aggregate, write the table and plots. Returns ``{"rows", "table", "files"}``."""
-    say = log or (lambda s: None)
+def check_jobs(jobs: object) -> int:
+    """``jobs`` as an integer >= 1, or :class:`ConfigError`."""
+    try:
+        n = int(str(jobs))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"jobs should be an integer >= 1 but is: {jobs!r}")
+    return n
+
+
+def prepare_comparison(
+    base: TrainConfig, plan: Sequence[PlannedRun], out_dir: str | Path, *, force: bool = False
+) -> None:
+    """Before training: refuse folders of other runs (unless ``force``), write the plan
+    (``compare.json``) and delete the earlier comparison's results and plots."""
     out_dir = Path(out_dir)
-    plan = plan_runs(base, variants, seeds, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output folder {out_dir} exists and is not a folder")
     if not force:
@@ -182,6 +205,99 @@ def run_compare(
         raise ConfigError(
             f"cannot write to output folder {out_dir}: {exc.strerror or exc}"
         ) from None
+
+
+def run_compare(
+    base: TrainConfig,
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    plots: bool = True,
+    jobs: int = 1,
+    pairs: str | Sequence[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Train the grid (skipping complete runs, resuming stopped ones; ``force`` redoes all;
+    ``jobs`` runs at a time, see :func:`train_plan`), then aggregate, compare the ``pairs``
+    (``(label_a, label_b)``: ``b − a``, or ``--pairs`` text; default: every pair, ``b`` listed
+    after ``a``) and write the table and plots. Returns ``{"rows", "table", "pairs",
+    "files", "failed"}``.
+
+    Raises :class:`RunsFailed` (after writing the results of the other runs) when a run of a
+    parallel comparison failed."""
+    out_dir = Path(out_dir)
+    jobs = check_jobs(jobs)
+    labels = [v.label for v in variants]
+    chosen = parse_pairs(pairs, labels) if isinstance(pairs, str) else check_pairs(pairs, labels)
+    plan = plan_runs(base, variants, seeds, out_dir)
+    prepare_comparison(base, plan, out_dir, force=force)
+    failed = train_plan(plan, force=force, jobs=jobs, log=log, progress=progress)
+    runs = load_runs(out_dir)
+    rows = aggregate(runs)
+    table = format_table(rows)
+    paired = compare_pairs(runs, chosen)
+    files = [out_dir / RESULTS_MD, out_dir / RESULTS_JSON]
+    atomic_write_text(
+        out_dir / RESULTS_MD, _results_markdown(base, seeds, table, runs, paired, failed)
+    )
+    numbers = {"rows": rows, "pairs": paired, "failed": failed}
+    atomic_write_text(out_dir / RESULTS_JSON, json.dumps(numbers, indent=2) + "\n")
+    if plots:
+        files += plot_runs(runs, out_dir)
+    result = {
+        "rows": rows,
+        "table": table,
+        "pairs": paired,
+        "files": [str(f) for f in files],
+        "failed": failed,
+    }
+    if failed:
+        raise RunsFailed(failed, result)
+    return result
+
+
+# ---------------------------------------------------------------------- training the grid
+class RunsFailed(Exception):
+    """Runs of a parallel comparison failed; the others finished and were reported.
+    ``failed``: ``[{"label", "seed", "dir", "error"}]``; ``result``: what
+    :func:`run_compare` would have returned (``None`` where the caller wrote no results)."""
+
+    def __init__(self, failed: list[dict[str, Any]], result: dict[str, Any] | None = None):
+        self.failed, self.result = failed, result
+        names = "; ".join(f"{f['label']} seed {f['seed']}: {f['error']}" for f in failed)
+        super().__init__(f"{len(failed)} run(s) failed ({names})")
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def train_plan(
+    plan: Sequence[PlannedRun],
+    *,
+    force: bool = False,
+    jobs: int = 1,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    epoch_lines: bool = True,
+) -> list[dict[str, Any]]:
+    """Train the runs of ``plan`` that are not complete (all with ``force``), resuming the
+    stopped ones. With ``jobs = 1`` one after another in this process (a failure raises at
+    once); with ``jobs > 1`` up to ``jobs`` at a time, each in its own process (spawned:
+    nothing is shared but the files), with ``threads = max(1, cpus // jobs)`` where the
+    config leaves ``threads`` unset, one log line per run start and finish, and the failures
+    returned (``[{"label", "seed", "dir", "error"}]``) after the other runs finished.
+    ``epoch_lines``: pass the runs' per-epoch lines to ``log`` (sequential runs only)."""
+    jobs = check_jobs(jobs)
+    say = log or (lambda s: None)
+    todo: list[tuple[str, PlannedRun, str]] = []
     for i, run in enumerate(plan, 1):
         status, _, done = run_status(run.out)
         head = f"[{i}/{len(plan)}] {run.variant.label} seed {run.seed}"
@@ -189,17 +305,236 @@ def run_compare(
             say(f"{head}: complete, skipped ({run.out})")
             continue
         what = f"resuming after epoch {done}" if status == "partial" and not force else "training"
-        say(f"{head}: {what} -> {run.out}")
-        train(run.config, resume=not force, force=force, log=log, progress=progress)
-    runs = load_runs(out_dir)
-    rows = aggregate(runs)
-    table = format_table(rows)
-    files = [out_dir / RESULTS_MD, out_dir / RESULTS_JSON]
-    atomic_write_text(out_dir / RESULTS_MD, _results_markdown(base, seeds, table, runs))
-    atomic_write_text(out_dir / RESULTS_JSON, json.dumps({"rows": rows}, indent=2) + "\n")
-    if plots:
-        files += plot_runs(runs, out_dir)
-    return {"rows": rows, "table": table, "files": [str(f) for f in files]}
+        todo.append((head, run, what))
+        if jobs == 1:
+            say(f"{head}: {what} -> {run.out}")
+            train(
+                run.config,
+                resume=not force,
+                force=force,
+                log=log if epoch_lines else None,
+                progress=progress,
+            )
+    if jobs == 1 or not todo:
+        return []
+    return _train_parallel(todo, jobs=jobs, force=force, say=say)
+
+
+def _train_parallel(
+    todo: Sequence[tuple[str, PlannedRun, str]],
+    *,
+    jobs: int,
+    force: bool,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    threads = max(1, cpu_count() // jobs)
+    queue = list(todo)
+    failed: list[dict[str, Any]] = []
+    running: dict[Future, tuple[str, PlannedRun]] = {}
+
+    def fail(head: str, run: PlannedRun, error: str) -> None:
+        say(f"{head}: FAILED: {error}")
+        failed.append({"label": run.variant.label, "seed": run.seed, "dir": str(run.out),
+                       "error": error})  # fmt: skip
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(queue)), mp_context=ctx)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                head, run, what = queue.pop(0)
+                config = run.config
+                if config.threads is None:
+                    config = config.replace(threads=threads)
+                threads_s = f"{config.threads} thread" + ("s" if config.threads != 1 else "")
+                say(f"{head}: {what} ({threads_s}) -> {run.out}")
+                try:
+                    running[pool.submit(_train_worker, config, force)] = (head, run)
+                except BrokenProcessPool as exc:
+                    fail(head, run, f"worker processes died ({exc})")
+            if not running:
+                continue
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                head, run = running.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # a worker that died, or an error not pickled back
+                    fail(head, run, _one_line(f"{type(exc).__name__}: {exc}"))
+                    continue
+                if outcome.get("error"):
+                    fail(head, run, outcome["error"])
+                else:
+                    say(
+                        f"{head}: done ({outcome['epochs_done']} epoch"
+                        + ("s" if outcome["epochs_done"] != 1 else "")
+                        + f", {outcome['wall_s']:.1f} s)"
+                    )
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return failed
+
+
+def _train_worker(config: TrainConfig, force: bool) -> dict[str, Any]:
+    """One run in a worker process: a summary, or ``{"error": ...}`` (one line)."""
+    try:
+        result = train(config, resume=not force, force=force)
+    except (ConfigError, DataError) as exc:
+        return {"error": _one_line(exc)}
+    except Exception as exc:
+        traceback.print_exc()  # an unexpected error: the whole story on stderr
+        return {"error": _one_line(f"{type(exc).__name__}: {exc}")}
+    return {k: result[k] for k in ("complete", "epochs_done", "wall_s", "resumed_from")}
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+# ---------------------------------------------------------------------- pairs
+def parse_pairs(text: str | None, labels: Sequence[str]) -> list[tuple[str, str]]:
+    """``--pairs`` text, e.g. ``"xsam-sam,sam-sgd"`` (each ``B-A``, labels as in
+    ``--optimizers``) -> ``[(a, b), ...]`` for the differences ``b − a``: ``[("sam", "xsam"),
+    ("sgd", "sam")]``. ``None`` or empty: every pair, ``b`` listed after ``a``. Labels may hold
+    ``-`` and ``,``; case and spaces do not matter."""
+    if text is None or not text.strip():
+        return default_pairs(labels)
+
+    def norm(s: str) -> str:
+        return re.sub(r"\s+", "", s).lower().replace(MINUS, "-")
+
+    keys = sorted({norm(lb): lb for lb in labels}.items(), key=lambda kv: -len(kv[0]))
+    t = norm(text).strip(",")
+    if not t:
+        raise ConfigError("--pairs names no pair")
+
+    def parse(i: int) -> list[tuple[str, str]] | None:
+        for kb, lb in keys:
+            j = i + len(kb)
+            if not (t.startswith(kb, i) and t.startswith("-", j)):
+                continue
+            for ka, la in keys:
+                k = j + 1 + len(ka)
+                if t.startswith(ka, j + 1) and (k == len(t) or t[k] == ","):
+                    rest = [] if k == len(t) else parse(k + 1)
+                    if rest is not None:
+                        return [(la, lb), *rest]
+        return None
+
+    found = parse(0)
+    if found is None:
+        raise ConfigError(_pairs_error(text, labels, norm))
+    return check_pairs(found, labels)
+
+
+def _pairs_error(text: str, labels: Sequence[str], norm: Callable[[str], str]) -> str:
+    known = {norm(lb) for lb in labels}
+    accepted = f"the labels are: {', '.join(labels)}"
+    for item in filter(None, (p.strip() for p in text.replace(MINUS, "-").split(","))):
+        if "-" not in item:
+            return f"--pairs item {item!r} should be B-A (two labels joined by '-'); {accepted}"
+        cuts = [m.start() for m in re.finditer("-", item)]
+        if any(norm(item[:c]) in known and norm(item[c + 1 :]) in known for c in cuts):
+            continue
+        unknown = next(
+            (item[c + 1 :].strip() for c in cuts if norm(item[:c]) in known),
+            next((item[:c].strip() for c in cuts if norm(item[c + 1 :]) in known), None),
+        )
+        if unknown is None:
+            unknown = item[: cuts[0]].strip()
+        return f"unknown label {unknown!r} in --pairs; {accepted}"
+    return f"cannot read --pairs {text!r} as B-A,B-A,...; {accepted}"
+
+
+def default_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """Every pair ``(a, b)`` with ``b`` listed after ``a`` (the difference ``b − a``)."""
+    return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
+
+
+def check_pairs(
+    pairs: Sequence[tuple[str, str]] | None, labels: Sequence[str]
+) -> list[tuple[str, str]]:
+    """``pairs`` validated against ``labels`` (``None``: :func:`default_pairs`)."""
+    if pairs is None:
+        return default_pairs(labels)
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for a, b in pairs:
+        for label in (a, b):
+            if label not in labels:
+                raise ConfigError(
+                    f"unknown label {label!r} in --pairs; the labels are: {', '.join(labels)}"
+                )
+        if a == b:
+            raise ConfigError(f"--pairs: {b}-{a} compares a variant with itself")
+        if (a, b) in seen:
+            raise ConfigError(f"--pairs: {b}-{a} is listed twice")
+        seen.add((a, b))
+        out.append((a, b))
+    if not out:
+        raise ConfigError("--pairs names no pair")
+    return out
+
+
+def compare_pairs(
+    runs: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """For every ``(a, b)``: the paired difference ``b − a`` of the final and of the best
+    test accuracy (points), over the seeds both completed, with its 95% interval and verdict:
+    ``{"label_a", "label_b", "n", "seeds", "final": {...}, "best": {...}}``, each of the two
+    ``{"mean", "lo", "hi", "sd", "t", "verdict", "line"}`` (see :mod:`xsam.train.stats`)."""
+    done: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        if r["complete"] and r["metrics"]:
+            done.setdefault(r["label"], {})[r["seed"]] = r
+    out = []
+    for a, b in pairs:
+        ra, rb = done.get(a, {}), done.get(b, {})
+        seeds = [s for s in ra if s in rb]
+        entry: dict[str, Any] = {"label_a": a, "label_b": b, "n": len(seeds), "seeds": seeds}
+        for key, value in (("final", _final_acc), ("best", _best_acc)):
+            diff = paired_difference([value(ra[s]) for s in seeds], [value(rb[s]) for s in seeds])
+            entry[key] = {
+                **{k: diff[k] for k in ("mean", "lo", "hi", "sd", "t")},
+                "verdict": verdict(diff, a, b),
+                "line": verdict_line(diff, a, b),
+            }
+        out.append(entry)
+    return out
+
+
+def _final_acc(run: dict[str, Any]) -> float:
+    return 100.0 * run["metrics"][-1]["test_acc"]
+
+
+def _best_acc(run: dict[str, Any]) -> float:
+    return 100.0 * max(m["test_acc"] for m in run["metrics"])
+
+
+def format_pairs(pairs: Sequence[dict[str, Any]]) -> str:
+    """The paired differences as a markdown table (final and best test accuracy)."""
+
+    def cell(d: dict[str, Any], n: int) -> str:
+        if n == 0:
+            return "–"
+        if d["lo"] is None:
+            return f"{format_points(d['mean'])} (no interval)"
+        return f"{format_points(d['mean'])} [{format_points(d['lo'])}, {format_points(d['hi'])}]"
+
+    lines = [
+        f"| B {MINUS} A | seeds | final test acc (points) | verdict "
+        "| best test acc (points) | verdict |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    for p in pairs:
+        f, b = p["final"], p["best"]
+        lines.append(
+            f"| {p['label_b']} {MINUS} {p['label_a']} | {p['n']} | {cell(f, p['n'])} "
+            f"| {f['verdict']} | {cell(b, p['n'])} | {b['verdict']} |"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- aggregation
@@ -311,7 +646,12 @@ def _machine() -> str:
 
 
 def _results_markdown(
-    base: TrainConfig, seeds: Sequence[int], table: str, runs: Sequence[dict[str, Any]]
+    base: TrainConfig,
+    seeds: Sequence[int],
+    table: str,
+    runs: Sequence[dict[str, Any]],
+    pairs: Sequence[dict[str, Any]] = (),
+    failed: Sequence[dict[str, Any]] = (),
 ) -> str:
     b = base.validated()
     what = (
@@ -322,10 +662,29 @@ def _results_markdown(
         + (f", {b.limit_train} training examples" if b.limit_train else "")
     )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    paired = (
+        "## Paired differences (95% CI, t over seeds)\n\n"
+        f"B {MINUS} A in test accuracy points, seed by seed (the same seed: the same "
+        "initialisation and data order), over the seeds both completed: the mean and a 95% "
+        "confidence interval from Student's t with n − 1 degrees of freedom. A variant is "
+        "*better* only when the interval excludes 0.\n\n"
+        f"{format_pairs(pairs)}\n\n"
+        if pairs
+        else ""
+    )
+    failures = (
+        "## Failed runs\n\n"
+        + "".join(f"- {f['label']} seed {f['seed']} ({f['dir']}): {f['error']}\n" for f in failed)
+        + "\n"
+        if failed
+        else ""
+    )
     return (
         "# Optimizer comparison\n\n"
         f"{what}; mean ± sample std over seeds {', '.join(map(str, seeds))}.\n\n"
         f"{table}\n\n"
+        f"{paired}"
+        f"{failures}"
         f"- command: `{' '.join(['xsam', *sys.argv[1:]])}`\n"
         f"- machine: {platform.node()}, {_machine()}\n"
         f"- date: {when}\n"
