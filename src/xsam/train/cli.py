@@ -1,4 +1,4 @@
-"""The ``xsam`` command: ``train``, ``compare``, ``demo`` and ``presets``.
+"""The ``xsam`` command: ``train``, ``compare``, ``tune``, ``demo``, ``presets`` and ``probe``.
 
 Every config flag defaults to "not given": the config is the defaults, then ``--preset``, then
 ``--config FILE``, then the flags given. Bad input ends with one line ``xsam: error: ...`` on
@@ -20,7 +20,7 @@ import torch
 from ..data import DATASETS, DataError
 from ..models import MODEL_NAMES
 from .checkpoint import CONFIG
-from .compare import parse_seeds, parse_variants, run_compare
+from .compare import RunsFailed, check_jobs, parse_seeds, parse_variants, run_compare
 from .config import (
     AMP_MODES,
     BASE_OPTIMIZERS,
@@ -36,6 +36,7 @@ from .config import (
     unused_fields,
 )
 from .loop import train
+from .tune import TUNE_JSON, TUNE_MD, chosen_line, edge_note, format_candidates, tune_rho
 
 __all__ = ["DEMO_OPTIMIZERS", "DEMO_PRESET", "build_parser", "demo_plan", "main"]
 
@@ -164,9 +165,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds: 0,1,2 or 0-4 (default: 0,1,2)")  # fmt: skip
     c.add_argument("--out", metavar="DIR", default=None,
                    help="comparison folder (default: runs/compare-<preset or dataset-model>)")  # fmt: skip
+    c.add_argument("--pairs", metavar="LIST", default=None,
+                   help="pairs to compare, each B-A with labels as in --optimizers, e.g. "
+                   "'xsam-sam,sam-sgd' (default: every pair, B listed after A)")  # fmt: skip
+    c.add_argument("--jobs", metavar="N", default="1",
+                   help="train up to N runs at a time, each in its own process with "
+                   "max(1, CPUs // N) threads unless --threads is given (default 1)")  # fmt: skip
     c.add_argument("--force", action="store_true", help="redo runs that are already there")
-    c.add_argument("--quiet", action="store_true", help="print only the table")
+    c.add_argument("--quiet", action="store_true",
+                   help="print only the results (the table and the verdict lines)")  # fmt: skip
     _add_config_flags(c, skip=("optimizer", "seed"))
+
+    tu = sub.add_parser(
+        "tune",
+        help="choose ρ on a validation split (never the test set)",
+        description="Train the optimizer with every ρ of --rhos and every seed (a comparison: "
+        "complete runs are skipped, stopped ones resumed), then choose the ρ with the highest "
+        "mean final validation accuracy over the seeds (ties: the smaller ρ). Needs "
+        "--val-size. Writes tune.json and tune.md; the test accuracy is not looked at.",
+        allow_abbrev=False,
+    )
+    tu.add_argument("--optimizer", metavar="VARIANT", default="xsam", dest="variant",
+                    help="sam or xsam with fixed settings but ρ, e.g. 'xsam:adaptive=true' "
+                    "(default: xsam)")  # fmt: skip
+    tu.add_argument("--rhos", metavar="LIST", default="0.02,0.05,0.1,0.2,0.5",
+                    help="candidate ρ values (default: 0.02,0.05,0.1,0.2,0.5)")  # fmt: skip
+    tu.add_argument("--seeds", metavar="LIST", default="0",
+                    help="seeds: 0,1,2 or 0-4 (default: 0)")  # fmt: skip
+    tu.add_argument("--out", metavar="DIR", default=None,
+                    help="sweep folder (default: runs/tune-<preset or dataset-model>-<optimizer>)")  # fmt: skip
+    tu.add_argument("--jobs", metavar="N", default="1", help="runs at a time (as in compare)")
+    tu.add_argument("--force", action="store_true", help="redo runs that are already there")
+    tu.add_argument("--quiet", action="store_true", help="print only the choice")
+    _add_config_flags(tu, skip=("optimizer", "seed", "rho"))
 
     d = sub.add_parser(
         "demo",
@@ -314,22 +345,40 @@ def _run_compare(
     *,
     force: bool,
     quiet: bool,
+    jobs: int | str = 1,
+    pairs: str | None = None,
+    verdicts: bool = False,
 ) -> int:
     log = _printer(quiet)
-    result = run_compare(
-        base,
-        parse_variants(variants),
-        seeds,
-        out,
-        force=force,
-        log=log,
-        progress=_progress(quiet),
-    )
+    failed = None
+    try:
+        result = run_compare(
+            base,
+            parse_variants(variants),
+            seeds,
+            out,
+            force=force,
+            log=log,
+            progress=_progress(quiet),
+            jobs=check_jobs(jobs),
+            pairs=pairs,
+        )
+    except RunsFailed as exc:
+        assert exc.result is not None
+        result, failed = exc.result, exc
     print()
     print(result["table"])
+    if verdicts and result["pairs"]:
+        for key, what in (("final", "final"), ("best", "best-epoch")):
+            print(f"\nPaired differences of the {what} test accuracy (95% CI, t over seeds):")
+            for p in result["pairs"]:
+                print("  " + p[key]["line"])
     if log:
         print()
         log("wrote " + ", ".join(result["files"]))
+    if failed is not None:
+        print(f"xsam: error: {_one_line(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -338,7 +387,53 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     variants = _split_variants(ns.optimizers)
     seeds = parse_seeds(ns.seeds)
     out = Path(ns.out) if ns.out else Path("runs") / f"compare-{_default_name(base)}"
-    return _run_compare(base, variants, seeds, out, force=ns.force, quiet=ns.quiet)
+    return _run_compare(
+        base,
+        variants,
+        seeds,
+        out,
+        force=ns.force,
+        quiet=ns.quiet,
+        jobs=ns.jobs,
+        pairs=ns.pairs,
+        verdicts=True,
+    )
+
+
+def _cmd_tune(ns: argparse.Namespace) -> int:
+    base = _config_from_args(ns)
+    specs = _split_variants(ns.variant)  # not ns.optimizer: not a config field here
+    if len(specs) != 1:
+        raise ConfigError(f"--optimizer should be one variant but is: {ns.variant!r}")
+    (variant,) = parse_variants(specs)
+    out = Path(ns.out) if ns.out else Path("runs") / f"tune-{_default_name(base)}-{variant.slug}"
+    log = _printer(ns.quiet)
+    try:
+        result = tune_rho(
+            base,
+            variant.label,
+            ns.rhos,
+            parse_seeds(ns.seeds),
+            out,
+            check_jobs(ns.jobs),
+            force=ns.force,
+            log=log,
+            progress=_progress(ns.quiet),
+        )
+    except RunsFailed as exc:
+        print(f"xsam: error: {_one_line(exc)}; no rho chosen", file=sys.stderr)
+        return 1
+    if log:
+        print()
+        print(format_candidates(result))
+        print()
+    print(chosen_line(result))
+    note = edge_note(result)
+    if note:
+        print(note)
+    if log:
+        log(f"wrote {out / TUNE_JSON}, {out / TUNE_MD}")
+    return 0
 
 
 def demo_plan(
@@ -424,6 +519,7 @@ def _cmd_presets(ns: argparse.Namespace) -> int:
 _COMMANDS = {
     "train": _cmd_train,
     "compare": _cmd_compare,
+    "tune": _cmd_tune,
     "demo": _cmd_demo,
     "presets": _cmd_presets,
     "probe": _cmd_probe,
