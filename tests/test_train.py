@@ -127,7 +127,13 @@ def test_presets_paper_values_and_overrides():
         for d in ("cifar10", "cifar100")
         for m in ("resnet18", "vgg11bn", "densenet121", "resnet50")
     } | {"tinyimagenet-resnet18", "fmnist-sample-cnn", "fmnist-resnet20"}
+    names |= {"fmnist-noise-mlp", "fmnist-sample-noise-mlp"}
     assert names == set(PRESETS)
+    noisy = resolve_config("fmnist-noise-mlp").validated()
+    assert (noisy.label_noise, noisy.model, noisy.limit_train, noisy.val_size) == (
+        0.4, "mlp", 10_000, 5_000
+    )  # fmt: skip
+    assert (noisy.weight_decay, noisy.augment, noisy.epochs) == (0.0, "flip", 30)
     for name in PRESETS:
         assert resolve_config(name).validated().preset == name
     c = resolve_config("cifar100-vgg11bn").validated()
