@@ -26,13 +26,14 @@ import multiprocessing
 import os
 import platform
 import re
+import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Any
 
@@ -327,18 +328,20 @@ def _train_parallel(
     force: bool,
     say: Callable[[str], None],
 ) -> list[dict[str, Any]]:
+    """Each run in a fresh spawned process (never reused: no state carries over from one run
+    to the next), at most ``jobs`` at a time; an interrupt terminates them (every finished
+    epoch is saved, so the same command resumes them)."""
     threads = max(1, cpu_count() // jobs)
     queue = list(todo)
     failed: list[dict[str, Any]] = []
-    running: dict[Future, tuple[str, PlannedRun]] = {}
+    ctx = multiprocessing.get_context("spawn")
+    running: dict[Any, tuple[str, PlannedRun, Any, Any]] = {}  # sentinel -> run, process, pipe
 
     def fail(head: str, run: PlannedRun, error: str) -> None:
         say(f"{head}: FAILED: {error}")
         failed.append({"label": run.variant.label, "seed": run.seed, "dir": str(run.out),
                        "error": error})  # fmt: skip
 
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(queue)), mp_context=ctx)
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -348,45 +351,69 @@ def _train_parallel(
                     config = config.replace(threads=threads)
                 threads_s = f"{config.threads} thread" + ("s" if config.threads != 1 else "")
                 say(f"{head}: {what} ({threads_s}) -> {run.out}")
-                try:
-                    running[pool.submit(_train_worker, config, force)] = (head, run)
-                except BrokenProcessPool as exc:
-                    fail(head, run, f"worker processes died ({exc})")
-            if not running:
-                continue
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in finished:
-                head, run = running.pop(future)
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # a worker that died, or an error not pickled back
-                    fail(head, run, _one_line(f"{type(exc).__name__}: {exc}"))
-                    continue
-                if outcome.get("error"):
+                receiver, sender = ctx.Pipe(duplex=False)
+                process = ctx.Process(
+                    target=_train_worker, args=(sender, config, force), name=f"xsam {head}"
+                )
+                process.start()
+                sender.close()  # the child's end: EOF here once the child is gone
+                running[process.sentinel] = (head, run, process, receiver)
+            for sentinel in mp_connection.wait(list(running)):
+                head, run, process, receiver = running.pop(sentinel)
+                process.join()
+                outcome = receiver.recv() if receiver.poll() else None
+                receiver.close()
+                if outcome is None:
+                    fail(head, run, f"the worker process ended with exit code {process.exitcode}")
+                elif outcome.get("error"):
                     fail(head, run, outcome["error"])
                 else:
-                    say(
-                        f"{head}: done ({outcome['epochs_done']} epoch"
-                        + ("s" if outcome["epochs_done"] != 1 else "")
-                        + f", {outcome['wall_s']:.1f} s)"
-                    )
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+                    done = outcome["epochs_done"]
+                    say(f"{head}: done ({done} epoch{'s' if done != 1 else ''}, "
+                        f"{outcome['wall_s']:.1f} s)")  # fmt: skip
+    except BaseException:  # an interrupt: stop the workers too
+        _stop([process for _, _, process, _ in running.values()])
         raise
-    pool.shutdown(wait=True)
     return failed
 
 
-def _train_worker(config: TrainConfig, force: bool) -> dict[str, Any]:
-    """One run in a worker process: a summary, or ``{"error": ...}`` (one line)."""
+def _stop(processes: Sequence[Any]) -> None:
+    """End worker processes: an interrupt (the ones started from a terminal have had one),
+    then, for those still running after a few seconds, SIGTERM."""
+    deadline = time.monotonic() + 2.0
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        try:
+            os.kill(process.pid, signal.SIGINT)
+        except (OSError, AttributeError, ValueError):
+            pass
+    deadline = time.monotonic() + 5.0
+    for process in alive:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5.0)
+
+
+def _train_worker(conn: Any, config: TrainConfig, force: bool) -> None:
+    """One run in a worker process; sends a summary, or ``{"error": ...}`` (one line)."""
     try:
         result = train(config, resume=not force, force=force)
+        outcome = {k: result[k] for k in ("complete", "epochs_done", "wall_s", "resumed_from")}
     except (ConfigError, DataError) as exc:
-        return {"error": _one_line(exc)}
+        outcome = {"error": _one_line(exc)}
+    except KeyboardInterrupt:
+        outcome = {"error": "interrupted"}
     except Exception as exc:
         traceback.print_exc()  # an unexpected error: the whole story on stderr
-        return {"error": _one_line(f"{type(exc).__name__}: {exc}")}
-    return {k: result[k] for k in ("complete", "epochs_done", "wall_s", "resumed_from")}
+        outcome = {"error": _one_line(f"{type(exc).__name__}: {exc}")}
+    try:
+        conn.send(outcome)
+        conn.close()
+    except OSError:  # the parent is gone (interrupted)
+        pass
 
 
 def _one_line(message: object) -> str:
