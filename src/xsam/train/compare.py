@@ -295,7 +295,10 @@ def train_plan(
     nothing is shared but the files), with ``threads = max(1, cpus // jobs)`` where the
     config leaves ``threads`` unset, one log line per run start and finish, and the failures
     returned (``[{"label", "seed", "dir", "error"}]``) after the other runs finished.
-    ``epoch_lines``: pass the runs' per-epoch lines to ``log`` (sequential runs only)."""
+    ``epoch_lines``: pass the runs' per-epoch lines to ``log`` (sequential runs only).
+
+    As with any spawned process, a script calling this with ``jobs > 1`` must do so under
+    ``if __name__ == "__main__":`` (the workers import the script's main module)."""
     jobs = check_jobs(jobs)
     say = log or (lambda s: None)
     todo: list[tuple[str, PlannedRun, str]] = []
