@@ -494,10 +494,37 @@ def test_demo_plan():
     base, variants, seeds, out = demo_plan()
     c = base.validated()
     assert c.preset == DEMO_PRESET and c.dataset == "fashion-mnist-sample"
-    assert c.model == "small_cnn" and c.epochs == DEMO_EPOCHS and c.steps == 1
-    assert c.alpha == "auto" and c.alpha_every is None and c.limit_train is None
-    assert variants == ["sgd", "sam", "xsam"] and seeds == [0]
+    assert c.model == "mlp" and c.label_noise == 0.4 and c.epochs == DEMO_EPOCHS
+    assert c.steps == 1 and c.alpha == "auto" and c.alpha_every is None and c.limit_train is None
+    assert [v.split(":")[0] for v in variants] == ["sgd", "sam", "xsam"] and seeds == [0]
     assert out.parent.name == "demo_runs" and not out.exists()
     plan = cmp.plan_runs(base, cmp.parse_variants(variants), seeds, out)
     assert [r.config.optimizer for r in plan] == ["sgd", "sam", "xsam"]
     assert demo_plan(epochs="2")[0].validated().epochs == 2
+    assert demo_plan(seeds="0-2")[2] == [0, 1, 2]
+
+
+def test_demo_caption_and_report_use_the_runs_numbers(tmp_path):
+    from xsam.train.demo import demo_caption, write_demo_report
+
+    def rows(accs, memo):
+        return [
+            {"epoch": i + 1, "test_acc": a, "memorized": m}
+            for i, (a, m) in enumerate(zip(accs, memo, strict=True))
+        ]
+
+    runs = [
+        {"label": "sgd", "seed": 0, "metrics": rows([0.80, 0.83, 0.78], [0.1, 0.3, 0.6])},
+        {"label": "sam:rho=0.1", "seed": 0, "metrics": rows([0.80, 0.84, 0.85], [0.0, 0.1, 0.1])},
+    ]
+    text = demo_caption(runs)
+    assert "sgd ended at 78.0% test accuracy (peak 83.0% at epoch 2, 60% of the flipped" in text
+    assert "sam:rho=0.1 ended at 85.0%" in text and "(seed 0)" in text
+    assert "cannot show" in text
+    assert demo_caption([]).startswith("No run finished")
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "compare.json").write_text('{"runs": [], "base": {}}')
+    files = write_demo_report(out, "| table |")
+    assert (out / "demo.md").read_text().startswith("# xsam demo")
+    assert out / "demo.md" in files

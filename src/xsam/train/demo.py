@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
-from .compare import load_runs
+from .compare import load_runs, parse_seeds
 from .config import TrainConfig, resolve_config
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "demo_caption",
     "demo_plan",
     "plot_demo",
+    "write_demo_report",
 ]
 
 DEMO_PRESET = "fmnist-sample-noise-mlp"
@@ -40,7 +41,7 @@ DEMO_OPTIMIZERS = ("sgd", "sam:rho=0.1", "xsam:rho=0.1")
 def demo_plan(
     out: str | Path | None = None,
     epochs: int | str | None = None,
-    seeds: Sequence[int] = (0,),
+    seeds: str | Sequence[int] = "0",
     device: str | None = None,
     threads: int | str | None = None,
 ) -> tuple[TrainConfig, list[str], list[int], Path]:
@@ -54,7 +55,8 @@ def demo_plan(
     base.validated()
     if out is None:
         out = Path(DEMO_DIR) / datetime.now().strftime("%Y%m%d-%H%M%S")
-    return base, list(DEMO_OPTIMIZERS), list(seeds), Path(out)
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
+    return base, list(DEMO_OPTIMIZERS), seed_list, Path(out)
 
 
 def _final_and_peak(metrics: list[dict[str, Any]]) -> tuple[float, float, int]:
@@ -94,7 +96,9 @@ def demo_caption(runs: Sequence[dict[str, Any]]) -> str:
 
 def plot_demo(runs: Sequence[dict[str, Any]], out_dir: str | Path) -> Path | None:
     """``demo.png``: test accuracy and the memorised fraction of flipped labels per epoch,
-    one line per run. ``None`` without matplotlib."""
+    one line per run. ``None`` without matplotlib or without a finished epoch."""
+    if not any(r["metrics"] for r in runs):
+        return None
     try:
         from matplotlib.figure import Figure
     except ImportError:
