@@ -215,3 +215,12 @@ def test_compare_pairs_in_results(tmp_path):
     assert table[2].startswith(f"| xsam {M} sgd | 3 | +0.83 [+0.12, +1.55] | xsam better |")
     assert table[3] == f"| xsam {M} sam | 0 | – | no common seed | – | no common seed |"
     json.dumps(pairs)  # plain JSON (no NaN)
+
+
+def test_default_pairs_every_pair_up_to_four_then_each_against_the_first():
+    from xsam.train.compare import default_pairs
+
+    four = ["sgd", "sam", "xsam", "asam"]
+    assert len(default_pairs(four)) == 6 and ("sam", "xsam") in default_pairs(four)
+    sweep = ["sam:rho=0.05", "sam:rho=0.1", "sam:rho=0.2", "sam:rho=0.4", "sam:rho=0.8"]
+    assert default_pairs(sweep) == [(sweep[0], b) for b in sweep[1:]]

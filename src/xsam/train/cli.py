@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comparison folder (default: runs/compare-<preset or dataset-model>)")  # fmt: skip
     c.add_argument("--pairs", metavar="LIST", default=None,
                    help="pairs to compare, each B-A with labels as in --optimizers, e.g. "
-                   "'xsam-sam,sam-sgd' (default: every pair, B listed after A)")  # fmt: skip
+                   "'xsam-sam,sam-sgd' (default: every pair of up to 4 variants, B listed "
+                   "after A; with more, each against the first)")  # fmt: skip
     c.add_argument("--jobs", metavar="N", default="1",
                    help="train up to N runs at a time, each in its own process with "
                    "max(1, CPUs // N) threads unless --threads is given (default 1)")  # fmt: skip
@@ -368,7 +369,9 @@ def _run_compare(
         result, failed = exc.result, exc
     print()
     print(result["table"])
-    if verdicts and result["pairs"]:
+    if verdicts and result["pairs"] and all(p["n"] <= 1 for p in result["pairs"]):
+        print("\nOne seed per variant: no paired intervals (run several seeds for a verdict).")
+    elif verdicts and result["pairs"]:
         for key, what in (("final", "final"), ("best", "best-epoch")):
             print(f"\nPaired differences of the {what} test accuracy (95% CI, t over seeds):")
             for p in result["pairs"]:

@@ -223,7 +223,8 @@ def run_compare(
 ) -> dict[str, Any]:
     """Train the grid (skipping complete runs, resuming stopped ones; ``force`` redoes all;
     ``jobs`` runs at a time, see :func:`train_plan`), then aggregate, compare the ``pairs``
-    (``(label_a, label_b)``: ``b − a``, or ``--pairs`` text; default: every pair, ``b`` listed
+    (``(label_a, label_b)``: ``b − a``, or ``--pairs`` text; default (:func:`default_pairs`):
+    every pair of up to four variants, ``b`` listed
     after ``a``) and write the table and plots. Returns ``{"rows", "table", "pairs",
     "files", "failed"}``.
 
@@ -427,7 +428,7 @@ def _one_line(message: object) -> str:
 def parse_pairs(text: str | None, labels: Sequence[str]) -> list[tuple[str, str]]:
     """``--pairs`` text, e.g. ``"xsam-sam,sam-sgd"`` (each ``B-A``, labels as in
     ``--optimizers``) -> ``[(a, b), ...]`` for the differences ``b − a``: ``[("sam", "xsam"),
-    ("sgd", "sam")]``. ``None`` or empty: every pair, ``b`` listed after ``a``. Labels may hold
+    ("sgd", "sam")]``. ``None`` or empty: :func:`default_pairs`. Labels may hold
     ``-`` and ``,``; case and spaces do not matter."""
     if text is None or not text.strip():
         return default_pairs(labels)
@@ -478,8 +479,16 @@ def _pairs_error(text: str, labels: Sequence[str], norm: Callable[[str], str]) -
     return f"cannot read --pairs {text!r} as B-A,B-A,...; {accepted}"
 
 
+ALL_PAIRS_UP_TO = 4
+"""Up to this many variants every pair is compared by default; beyond, each variant against
+the first (the baseline), so that a sweep does not print dozens of lines."""
+
+
 def default_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
-    """Every pair ``(a, b)`` with ``b`` listed after ``a`` (the difference ``b − a``)."""
+    """Every pair ``(a, b)`` with ``b`` listed after ``a`` (the difference ``b − a``) for up
+    to :data:`ALL_PAIRS_UP_TO` variants; with more, ``(first, b)`` for every later ``b``."""
+    if len(labels) > ALL_PAIRS_UP_TO:
+        return [(labels[0], b) for b in labels[1:]]
     return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
 
 
