@@ -78,26 +78,53 @@ OPT_ONLY_SETS = (("resnet18", 3, 1, 0.6), ("resnet20", 3, 2, 0.2), ("small_cnn",
 UPDATE_MODELS = (("small_cnn", 1, 28), ("resnet20", 3, 32))
 
 
+def _positive(kind: type) -> Any:
+    """An argparse type: a number of ``kind`` that is > 0 (0 used to mean "the default")."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"should be > 0 but is: {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    ap.add_argument(
+        "--threads", type=_positive(int), default=2, help="torch intra-op threads (default 2)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: few rounds, small batch")
-    ap.add_argument("--batch", type=int, default=None, help="batch size (default 128; quick 32)")
-    ap.add_argument("--rounds-small", type=int, default=None, help="rounds, small_cnn (100)")
-    ap.add_argument("--rounds-resnet20", type=int, default=None, help="rounds, resnet20 (80)")
-    ap.add_argument("--rounds-opt", type=int, default=None, help="rounds, optimizer-only (60)")
+    ap.add_argument(
+        "--batch", type=_positive(int), default=None, help="batch size (default 128; quick 32)"
+    )
+    ap.add_argument(
+        "--rounds-small", type=_positive(int), default=None, help="rounds, small_cnn (100)"
+    )
+    ap.add_argument(
+        "--rounds-resnet20", type=_positive(int), default=None, help="rounds, resnet20 (80)"
+    )
+    ap.add_argument(
+        "--rounds-opt", type=_positive(int), default=None, help="rounds, optimizer-only (60)"
+    )
     ap.add_argument(
         "--budget-min",
-        type=float,
+        type=_positive(float),
         default=None,
         help="time budget in minutes (default 9; quick 0.75): a timing section that has spent "
         "its share stops after its minimum number of rounds (5; quick 2)",
     )
-    ap.add_argument("--alpha-every", type=int, default=400, help="updates per α search (400)")
+    ap.add_argument(
+        "--alpha-every", type=_positive(int), default=400, help="updates per α search (400)"
+    )
     ap.add_argument(
         "--search-every-rounds",
-        type=int,
+        type=_positive(int),
         default=None,
         help="time the search update in every n-th round only (default 4; quick 1)",
     )
@@ -249,18 +276,26 @@ def main(argv: list[str] | None = None) -> int:
     md = render(res)
     res["markdown"] = md
     plan.out.parent.mkdir(parents=True, exist_ok=True)
-    plan.out.write_text(json.dumps(res, indent=1, default=_json_default) + "\n")
+    plan.out.write_text(json.dumps(_finite(res), indent=1, default=_json_default) + "\n")
     print(md)
     log(f"\nwrote {plan.out} ({res['wall_s']:.0f}s)")
     return 0
 
 
-def _json_default(o: Any) -> Any:
+def _finite(o: Any) -> Any:
+    """``o`` with every non-finite float written as a string ("nan", "inf"): JSON has no NaN,
+    and ``json.dumps`` hands floats to no ``default`` hook."""
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o).__name__)
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 if __name__ == "__main__":
