@@ -129,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_train(sub)
+    _add_compare(sub)
+    _add_tune(sub)
+    _add_demo(sub)
+    sub.add_parser("presets", help="list the named presets", allow_abbrev=False)
+    _add_probe(sub)
+    return parser
+
+
+def _add_train(sub: Any) -> None:
+    """The ``xsam train`` subcommand and its flags."""
     t = sub.add_parser(
         "train",
         help="train one model and write a run folder",
@@ -145,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
     _add_config_flags(t)
 
+
+def _add_compare(sub: Any) -> None:
+    """The ``xsam compare`` subcommand and its flags."""
     c = sub.add_parser(
         "compare",
         help="train a grid of optimizers × seeds, tabulate and plot",
@@ -172,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only the results (the table and the verdict lines)")  # fmt: skip
     _add_config_flags(c, skip=("optimizer", "seed"))
 
+
+def _add_tune(sub: Any) -> None:
+    """The ``xsam tune`` subcommand and its flags."""
     tu = sub.add_parser(
         "tune",
         help="choose ρ on a validation split (never the test set)",
@@ -195,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--quiet", action="store_true", help="print only the choice")
     _add_config_flags(tu, skip=("optimizer", "seed", "rho"))
 
+
+def _add_demo(sub: Any) -> None:
+    """The ``xsam demo`` subcommand and its flags."""
     d = sub.add_parser(
         "demo",
         help="SGD vs SAM vs XSAM where it matters: 40%% label noise, MLP, embedded sample",
@@ -216,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs at a time (default 2: one CPU thread each on 2 cores)")  # fmt: skip
     d.add_argument("--quiet", action="store_true", help="print only the table")
 
-    sub.add_parser("presets", help="list the named presets", allow_abbrev=False)
 
+def _add_probe(sub: Any) -> None:
+    """The ``xsam probe`` subcommand and its flags."""
     pr = sub.add_parser(
         "probe",
         help="measure the paper's direction claims on a run's kept checkpoints",
@@ -245,10 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", metavar="DIR", default=None, help="default: RUN_DIR/probe")
     pr.add_argument("--threads", metavar="N", type=int, default=None, help="CPU threads")
     pr.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    return parser
 
 
-# ---------------------------------------------------------------------- helpers
 def _config_from_args(ns: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """base (default: defaults) ← preset ← --config file ← explicit flags."""
     args = vars(ns)
