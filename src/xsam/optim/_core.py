@@ -306,8 +306,9 @@ class SAMFamily(Optimizer):
             return [p for p in self._group_params() if p.requires_grad]
         return [p for p in self._group_params() if p.grad is not None]
 
-    def _begin(self) -> _Update:
-        self._check_groups()
+    def _begin(self, *, checked: bool = False) -> _Update:
+        if not checked:  # step() has checked the groups already
+            self._check_groups()
         owners = self._owners()
         where: dict[int, tuple[dict[str, Any], int, int]] = {}
         for gi, group in enumerate(self.param_groups):
@@ -589,7 +590,7 @@ class SAMFamily(Optimizer):
                 return self._plain_step(loss)
             with self.clean_pass():
                 loss = grad_closure()
-            u = self._update = self._begin()
+            u = self._update = self._begin(checked=True)
             u.losses.append(_as_tensor(loss))
             for _ in range(self.steps):
                 self.ascent_step()

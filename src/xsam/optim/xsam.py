@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..policies import frozen_norm_stats
-from ._args import as_real, check_number
+from ._args import FAMILY_KEYWORDS, as_real, check_number
 from ._core import EPS, SAMFamily, _as_tensor, _Update
 from ._vec import global_norm, global_sq_sums
 
@@ -19,20 +19,7 @@ __all__ = ["XSAM", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]
 
 DEFAULT_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
 _PARALLEL = 1e-8  # sin ψ below this: v₀ ∥ v₁, use v₁
-_XSAM_KEYWORDS = frozenset(
-    {
-        "rho",
-        "steps",
-        "alpha",
-        "rho_max",
-        "alpha_grid",
-        "alpha_every",
-        "adaptive",
-        "eta",
-        "model",
-        "perturbation",
-    }
-)
+_XSAM_KEYWORDS = FAMILY_KEYWORDS - {"base_kwargs"}
 
 
 def slerp_coefficients(alpha: float | Tensor, psi: float | Tensor) -> tuple[Any, Any]:
