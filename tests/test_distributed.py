@@ -305,6 +305,48 @@ def _worker_rank_dependent_unused(rank, widths, momentum):
     assert torch.equal(other[0], other[1])
 
 
+def _worker_schedule(rank, perturbation):
+    """A perturbation schedule under DDP: every rank takes the same full/cheap decisions,
+    cheap steps use the all-reduced gradient, the reuse vector is the same on every rank, and
+    replicas stay bit-identical; with global perturbation it equals one process on the
+    concatenated batch."""
+    data = _global_batches(7, seed=13)
+    schedule = xsam.PerturbationSchedule(every=2, prob=0.8, seed=3, reuse=0.5)
+    lr = 0.1
+    kw = dict(rho=0.3, lr=lr, alpha_every=2, schedule=schedule)
+    ddp = nn.parallel.DistributedDataParallel(_net())
+    opt = xsam.XSAM(ddp.parameters(), torch.optim.SGD, model=ddp, perturbation=perturbation, **kw)
+    single = _net()
+    ref = xsam.XSAM(single.parameters(), torch.optim.SGD, **kw)
+    cheap = 0
+    for x, y in data:
+        xl, yl = _local(x, y, rank)
+        full = opt.perturb_due
+        if not full and opt.cheap_updates:  # the cheap step in closed form
+            twin = _net()
+            twin.load_state_dict(ddp.module.state_dict())
+            F.cross_entropy(twin(xl), yl).backward()
+            g = torch.cat([p.grad.reshape(-1) for p in twin.parameters()])
+            dist.all_reduce(g)
+            g /= WORLD
+            v = torch.cat([opt.state[p]["sam_reuse"].reshape(-1) for p in ddp.parameters()])
+            expected = _flat_params(ddp.module) - lr * (g + 0.5 * g.norm() * v)
+        opt.step(_closure(ddp, xl, yl))
+        ref.step(_closure(single, x, y))
+        if not full and cheap:
+            torch.testing.assert_close(_flat_params(ddp.module), expected, rtol=1e-10, atol=1e-12)
+        cheap += not full
+    assert opt.cheap_updates == cheap >= 2 and opt.step_index == len(data)
+    if perturbation == "global":
+        torch.testing.assert_close(
+            _flat_params(ddp.module), _flat_params(single), rtol=1e-10, atol=1e-12
+        )
+    v = torch.cat([opt.state[p]["sam_reuse"].reshape(-1) for p in ddp.parameters()])
+    for t in (_flat_params(ddp.module), v, torch.tensor([opt.alpha, opt.cheap_updates])):
+        other = _gather(t.to(DT))
+        assert torch.equal(other[0], other[1])
+
+
 # ------------------------------------------------------------------------------ tests
 SCENARIOS = {
     "global-xsam-k1": (_worker_global_equals_single, ("XSAM", 1)),
@@ -317,6 +359,8 @@ SCENARIOS = {
     "fsdp-global": (_worker_fsdp_global_equals_single, ()),
     "unused-per-rank": (_worker_rank_dependent_unused, ((3, 3), 0.0)),
     "unused-per-rank-shapes": (_worker_rank_dependent_unused, ((3, 6), 0.9)),
+    "schedule-local": (_worker_schedule, ("local",)),
+    "schedule-global": (_worker_schedule, ("global",)),
 }
 
 

@@ -274,6 +274,7 @@ def test_alpha_schedule_every_n_and_on_request():
         opt.step(make_closure(m, x, y))
     assert due == [True, False, False, True, False, False, False]  # the request restarts the count
     assert opt.search_due  # 3 updates after the requested search
+    m.zero_grad()  # opt's last direction would be discarded (and warned about)
     opt2 = xsam.XSAM(m.parameters(), torch.optim.SGD, rho=0.1, alpha_every=None, lr=0.1)
     seen = []
     for i in range(4):

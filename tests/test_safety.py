@@ -316,20 +316,21 @@ def gloo_one_process():
         dist.destroy_process_group()
 
 
-def test_torch_distributed_checkpoint_round_trip(gloo_one_process, tmp_path):
+@pytest.mark.parametrize("schedule", [None, xsam.PerturbationSchedule(every=2, reuse=0.5)])
+def test_torch_distributed_checkpoint_round_trip(gloo_one_process, tmp_path, schedule):
     """get_optimizer_state_dict → dcp.save → dcp.load → set_optimizer_state_dict into a fresh
     optimizer (which DCP initialises with step(None)): training then continues bit for bit,
-    the α schedule included."""
+    the α schedule and the perturbation schedule's place and reuse vector included."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
 
-    kw = dict(rho=0.1, lr=0.1, momentum=0.9, alpha_every=3)
+    kw = dict(rho=0.1, lr=0.1, momentum=0.9, alpha_every=3, schedule=schedule)
     model = net()
     opt = xsam.XSAM(model.parameters(), torch.optim.SGD, **kw)
-    _train_pair(model, opt, 2)
+    _train_pair(model, opt, 3)
     dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=str(tmp_path))
 
     model2 = net(seed=5)
@@ -342,7 +343,8 @@ def test_torch_distributed_checkpoint_round_trip(gloo_one_process, tmp_path):
     )  # DCP's state initialisation left the weights alone
     dcp.load(template, checkpoint_id=str(tmp_path))
     set_optimizer_state_dict(model2, opt2, template["optim"])
-    assert opt2.updates == 2 and opt2.alpha == opt.alpha
+    assert opt2.updates == 3 and opt2.alpha == opt.alpha
+    assert opt2.step_index == 3 and opt2.cheap_updates == opt.cheap_updates
     assert "sam_family" not in opt2.param_groups[0]
     assert torch.equal(_train_pair(model, opt, 3), _train_pair(model2, opt2, 3))
 

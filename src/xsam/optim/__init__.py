@@ -2,6 +2,14 @@
 
 from ._core import SAMFamily
 from .sam import SAM
+from .schedule import PerturbationSchedule
 from .xsam import DEFAULT_ALPHA_GRID, XSAM, slerp_coefficients
 
-__all__ = ["SAM", "XSAM", "SAMFamily", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]
+__all__ = [
+    "SAM",
+    "XSAM",
+    "SAMFamily",
+    "PerturbationSchedule",
+    "DEFAULT_ALPHA_GRID",
+    "slerp_coefficients",
+]

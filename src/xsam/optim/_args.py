@@ -35,6 +35,7 @@ FAMILY_KEYWORDS = frozenset(
         "eta",
         "model",
         "perturbation",
+        "schedule",
         "base_kwargs",
     }
 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,8 @@ from ._args import (
     describe_param,
     split_base_kwargs,
 )
-from ._vec import ReduceFn, acc_dtype, global_norm, global_sq_sums
+from ._vec import ReduceFn, acc_dtype, global_dots, global_norm, global_sq_sums
+from .schedule import PerturbationSchedule
 
 EPS = 1e-12
 
@@ -78,6 +80,9 @@ class _Update:
     # parameter no rank used keeps .grad = None, as DDP leaves it)
     present: list[bool] = field(default_factory=list)
     ever: list[bool] = field(default_factory=list)
+    # the clean gradient g₀ (θ coordinates), kept for the schedule's reuse (LookSAM); its
+    # buffers become the reused unit vector when the update completes
+    g0: list[Tensor] | None = None
 
 
 class SAMFamily(Optimizer):
@@ -106,6 +111,7 @@ class SAMFamily(Optimizer):
         rho_max: float | None,
         model: nn.Module | None,
         perturbation: str | None = None,
+        schedule: PerturbationSchedule | Mapping[str, Any] | None = None,
         base_kwargs: Mapping[str, Any] | None = None,
         own_keywords: frozenset[str] = frozenset(),
         **loose_kwargs: Any,
@@ -133,6 +139,9 @@ class SAMFamily(Optimizer):
         if rho_max is not None:
             rho_max = check_number("rho_max", rho_max, low=0.0, strict=True)
 
+        self.schedule = PerturbationSchedule.coerce(
+            dict(schedule) if isinstance(schedule, Mapping) else schedule
+        )
         self.steps = steps
         self.model = model
         self._base_ready = False
@@ -154,8 +163,12 @@ class SAMFamily(Optimizer):
         self._norm_snapshot = NormStatsSnapshot(model) if model is not None else None
         self._stats_saved = False  # the snapshot holds this update's statistics
         self._update: _Update | None = None
-        self.updates = 0  # completed (non-skipped) updates
+        self.updates = 0  # applied updates, full and cheap
         self.skipped_updates = 0
+        self.cheap_updates = 0  # applied cheap steps (see PerturbationSchedule)
+        self.step_index = 0  # every update so far, full or cheap, applied or skipped
+        self._reuse_valid = False  # the reuse vectors hold the last full update's
+        self._left: dict[int, tuple[Any, int]] = {}  # gradients the last update left
         self._warned_skip = False
         self._last: dict[str, Tensor | float] = {}
         all_params = [p for g in self.param_groups for p in g["params"]]
@@ -163,6 +176,12 @@ class SAMFamily(Optimizer):
         self._reduce: ReduceFn | None = (
             self._dist.sum_over_shards if self._dist.kind == "fsdp" else None
         )
+
+    @property
+    def perturb_due(self) -> bool:
+        """Whether the next update is a full sharpness-aware one (``False``: a cheap step, one
+        pass; see :class:`xsam.PerturbationSchedule`). Always ``True`` without a schedule."""
+        return self.schedule.full(self.step_index)
 
     @property
     def perturbation(self) -> str:
@@ -254,7 +273,8 @@ class SAMFamily(Optimizer):
         update can put them back; under DDP with local perturbation it keeps the gradient
         local (``no_sync``)."""
         self._save_stats()
-        with self._dist.gradient_pass(synced=self._dist.perturbation == "global"):
+        synced = self._dist.perturbation == "global" or not self.perturb_due
+        with self._dist.gradient_pass(synced=synced):
             yield
 
     @contextlib.contextmanager
@@ -294,6 +314,8 @@ class SAMFamily(Optimizer):
         u, self._update = self._update, None
         if u is not None and u.params:
             torch._foreach_copy_(u.params, u.theta0)
+        if u is not None and u.g0 is not None:
+            self._reuse_valid = False  # its buffers hold g₀ now, not the reused vector
         self._restore_stats()
         self._clear_grads()
 
@@ -398,6 +420,12 @@ class SAMFamily(Optimizer):
         :meth:`abort_update`."""
         u = self._update
         if u is None:
+            if not self.perturb_due:
+                raise RuntimeError(
+                    f"{type(self).__name__}: the perturbation schedule makes update "
+                    f"{self.step_index} a cheap step (opt.perturb_due is False): run no ascent "
+                    "pass and call descent_step() after the clean pass"
+                )
             u = self._update = self._begin()
         elif u.ascents >= self.steps:
             raise RuntimeError(
@@ -409,6 +437,9 @@ class SAMFamily(Optimizer):
             self._clear_grads()
             return
         grads = self._grads(u)
+        if u.ascents == 1 and self.schedule.reuse > 0.0:
+            u.g0 = self._reuse_buffers(u)
+            torch._foreach_copy_(u.g0, grads)
         if u.scale is not None:
             torch._foreach_mul_(grads, u.scale)  # g̃ = T·g
         norm = global_norm(grads, u.dtype, self._reduce)
@@ -439,8 +470,12 @@ class SAMFamily(Optimizer):
         u = self._update
         if u is None or u.ascents != self.steps:
             done = 0 if u is None else u.ascents
+            hint = ""
+            if u is None and not self.perturb_due:
+                hint = " (this update is a cheap step of the schedule: call descent_step())"
             raise RuntimeError(
-                f"descent_direction() needs {self.steps} ascent_step() call(s) first, got {done}"
+                f"descent_direction() needs {self.steps} ascent_step() call(s) first, got "
+                f"{done}{hint}"
             )
         if not u.params:
             self._update = None
@@ -453,6 +488,8 @@ class SAMFamily(Optimizer):
             raise
         self._update = None
         torch._foreach_copy_(u.params, u.theta0)
+        if u.g0 is not None:
+            self._reuse_valid = ok and self._store_reuse(u)
         if not ok:
             for p in u.owners:
                 p.grad = torch.full_like(p, float("nan"))
@@ -509,6 +546,54 @@ class SAMFamily(Optimizer):
                 if not used:
                     p.grad = None
 
+    # ------------------------------------------------------------------ schedule: reuse
+    def _reuse_buffers(self, u: _Update) -> list[Tensor]:
+        bufs = []
+        for o, p in zip(u.owners, u.params):
+            st = self.state[o]
+            buf = st.get("sam_reuse")
+            if (
+                buf is None
+                or buf.shape != p.shape
+                or buf.dtype != p.dtype
+                or buf.device != p.device
+            ):
+                buf = st["sam_reuse"] = torch.empty_like(p, memory_format=torch.preserve_format)
+            bufs.append(buf)
+        self._reuse_valid = False  # from here on the buffers hold g₀
+        return bufs
+
+    def _store_reuse(self, u: _Update) -> bool:
+        """LookSAM's reused vector: the unit part of d orthogonal to g₀, in g₀'s buffers.
+        Under DDP with local perturbation each rank's part is averaged (d is already the
+        average, g₀ is the rank's own), so every replica keeps the same vector."""
+        g0, d = u.g0, [local_tensor(p.grad) for p in u.owners]
+        assert g0 is not None
+        sums = global_sq_sums([g0], u.dtype, self._reduce)[0]
+        dot = global_dots(d, g0, u.dtype, self._reduce)
+        coef = torch.where(sums > 0, dot / sums.clamp_min(torch.finfo(u.dtype).tiny), 0.0)
+        torch._foreach_mul_(g0, -coef)
+        torch._foreach_add_(g0, d)  # d − (⟨d,g₀⟩/‖g₀‖²)·g₀
+        if self._dist.averages_direction:
+            self._dist.average_(g0, u.ever)
+        torch._foreach_mul_(g0, (global_norm(g0, u.dtype, self._reduce) + EPS).reciprocal())
+        owned = {id(o) for o in u.owners}
+        for p in self._group_params():
+            if id(p) not in owned and p in self.state:
+                self.state[p].pop("sam_reuse", None)  # not part of the last full update
+        return True
+
+    def _apply_reuse(self, owners: list[Tensor], grads: list[Tensor], norm: float) -> None:
+        """A cheap step's gradient: g + λ·‖g‖·v (v = 0 for parameters outside it)."""
+        pairs = [
+            (g, self.state[p]["sam_reuse"])
+            for p, g in zip(owners, grads)
+            if p in self.state and "sam_reuse" in self.state[p]
+        ]
+        if pairs:
+            gs, vs = zip(*pairs)
+            torch._foreach_add_(list(gs), list(vs), alpha=self.schedule.reuse * norm)
+
     @torch.no_grad()
     def descent_step(
         self,
@@ -520,8 +605,19 @@ class SAMFamily(Optimizer):
         Returns whether the update was applied. A skipped update never reaches the base
         optimizer, whatever the scaler (enabled, disabled or none): the weights and the
         optimizer state stay bit-identical, and an enabled scaler still sees the non-finite
-        gradient, so its ``update()`` lowers the scale."""
+        gradient, so its ``update()`` lowers the scale.
+
+        When the schedule makes this update a cheap step (``perturb_due`` was ``False`` before
+        the clean pass), call it right after the clean pass, with no ascent pass: it steps the
+        base optimizer with the clean gradient (plus the schedule's reuse term)."""
+        if self._update is None and not self.perturb_due:
+            return self._plain_step(None, cheap=True, scaler=scaler)
         ok = self.descent_direction(loss_fn)
+        self._base_step(ok, scaler)
+        self._finish(ok)
+        return ok
+
+    def _base_step(self, ok: bool, scaler: torch.amp.GradScaler | None) -> None:
         if scaler is not None and scaler.is_enabled():
             if ok:
                 scaler.step(self.base_optimizer)
@@ -530,13 +626,16 @@ class SAMFamily(Optimizer):
                     scaler.step(self.base_optimizer)
         elif ok:
             self.base_optimizer.step()
-        self._finish(ok)
-        return ok
 
-    def _finish(self, ok: bool) -> None:
+    def _finish(self, ok: bool, *, full: bool = True) -> None:
+        self.step_index += 1
+        self._remember_grads()
         if ok:
             self.updates += 1
-            self._on_update_done()
+            if full:
+                self._on_update_done()
+            else:
+                self.cheap_updates += 1
             self._stats_saved = False
             return
         self.skipped_updates += 1
@@ -579,15 +678,18 @@ class SAMFamily(Optimizer):
             )
         if self._update is not None:
             raise RuntimeError("step() called in the middle of an ascent_step() sequence")
+        self._check_entry_grads()
         self._check_groups()
         grad_closure = torch.enable_grad()(closure)
         try:
             self._clear_grads()
-            if self._rho_all_zero():
+            full = self.perturb_due
+            if self._rho_all_zero() or not full:
                 self._save_stats()
                 with self._dist.gradient_pass(synced=True):
                     loss = grad_closure()
-                return self._plain_step(loss)
+                self._plain_step(loss, cheap=not full)
+                return _detached(loss)
             with self.clean_pass():
                 loss = grad_closure()
             u = self._update = self._begin(checked=True)
@@ -598,8 +700,7 @@ class SAMFamily(Optimizer):
                     u.losses.append(_as_tensor(grad_closure()))
             loss_fn = self._probe_fn(closure) if self._needs_loss_fn() else None
             ok = self.descent_direction(loss_fn)
-            if ok:
-                self.base_optimizer.step()
+            self._base_step(ok, None)
             self._finish(ok)
             return _detached(loss)
         except BaseException:
@@ -613,18 +714,80 @@ class SAMFamily(Optimizer):
         lrs_zero = all(float(g.get("lr", 1.0)) == 0.0 for g in self.param_groups)
         return lrs_zero and all(not bool(g.any()) for g in grads)
 
-    def _plain_step(self, loss: Any) -> Any:
-        """ρ = 0 everywhere: exactly the base optimizer (one pass, nothing perturbed)."""
-        grads = [local_tensor(p.grad) for p in self._group_params() if p.grad is not None]
+    def _plain_step(
+        self, loss: Any, *, cheap: bool, scaler: torch.amp.GradScaler | None = None
+    ) -> bool:
+        """One pass's gradient, then the base step: ρ = 0 everywhere (exactly the base
+        optimizer) or a cheap step of the schedule (the clean gradient, plus the reuse term
+        when the schedule has one and a full update has left its vector). Skipped, changing
+        nothing, when the loss or the gradient is not finite."""
+        owners = [p for p in self._group_params() if p.grad is not None]
+        grads = [local_tensor(p.grad) for p in owners]
         ok = True
         if grads:
-            flags = torch.isfinite(global_sq_sums([grads], acc_dtype(grads), self._reduce)[0])
+            sq = global_sq_sums([grads], acc_dtype(grads), self._reduce)[0]
             lt = _as_tensor(loss)
-            ok = bool(self._dist.agree_all(flags & torch.isfinite(lt).to(flags.device).all()))
-        if ok:
-            self.base_optimizer.step()
-        self._finish(ok)
-        return _detached(loss)
+            ok = bool(
+                self._dist.agree_all(torch.isfinite(sq) & torch.isfinite(lt).to(sq.device).all())
+            )
+            if ok and cheap and self._reuse_valid and self.schedule.reuse > 0.0:
+                self._apply_reuse(owners, grads, float(sq.sqrt()))
+            elif not ok and scaler is not None and scaler.is_enabled():
+                for p in owners:  # the scaler must see the skip to lower its scale
+                    p.grad = torch.full_like(p, float("nan"))
+        if cheap:
+            self._last = {"g0_norm": sq.sqrt() if grads else torch.zeros(())}
+        self._base_step(ok, scaler)
+        self._finish(ok, full=not cheap)
+        return ok
+
+    # ------------------------------------------------------------------ gradients on entry
+    def _remember_grads(self) -> None:
+        """Note the gradients this update leaves (d, or NaN after a skip), so that the next
+        ``step()`` can tell them from gradients a backward outside the closure put there."""
+        self._left = {
+            id(p): (weakref.ref(p.grad), p.grad._version)
+            for p in self._group_params()
+            if p.grad is not None
+        }
+
+    def _ours(self, p: Tensor) -> bool:
+        left = self._left.get(id(p))
+        return left is not None and left[0]() is p.grad and left[1] == p.grad._version
+
+    def _check_entry_grads(self) -> None:
+        """``step(closure)`` computes every gradient itself and clears ``.grad`` first: warn
+        (once) when that discards non-zero gradients a backward outside the closure put there
+        (gradient accumulation, a framework's ``accumulate_grad_batches``). A warning, not an
+        error: stale gradients left by another optimizer are harmless to discard."""
+        if self._warned_entry_grads:
+            return
+        foreign = [
+            (i, p)
+            for i, p in enumerate(self._group_params())
+            if p.grad is not None and p.requires_grad and not self._ours(p)
+        ]
+        if not foreign:
+            return
+        nonzero = [bool(local_tensor(p.grad).ne(0).any()) for _, p in foreign]
+        if not any(nonzero):
+            return  # zero_grad(set_to_none=False): nothing is lost
+        i, p = next(f for f, nz in zip(foreign, nonzero) if nz)
+        name = self._param_names().get(id(p), f"parameter {i}")
+        self._warned_entry_grads = True
+        warnings.warn(
+            f"{type(self).__name__}.step(closure) discarded the gradient {name!r} (and maybe "
+            "others) held when it was called: it computes every gradient itself, so gradients "
+            "accumulated by backward() outside the closure (gradient accumulation, a "
+            "framework's accumulate_grad_batches) are not used. Call zero_grad() before "
+            "step() if they are stale; to accumulate micro-batches use the lower-level API "
+            "(clean_pass / ascent_step / perturbed_pass / descent_step) or xsam.integrations "
+            "(warned once)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    _warned_entry_grads = False
 
     def _probe_fn(self, closure: Callable[[], Any]) -> Callable[[], Any]:
         """A forward-only loss from a forward+backward closure.
@@ -638,7 +801,9 @@ class SAMFamily(Optimizer):
             if not self._probe_with_grad:
                 try:
                     with torch.no_grad():
-                        return closure()
+                        out = closure()
+                    self._check_probe_grads()
+                    return out
                 except RuntimeError as err:
                     if "does not require grad" not in str(err):
                         raise
@@ -657,6 +822,22 @@ class SAMFamily(Optimizer):
         return probe
 
     _probe_with_grad = False
+    _warned_probe_grad = False
+
+    def _check_probe_grads(self) -> None:
+        """A closure that turns gradients back on itself (``torch.enable_grad()`` inside, as
+        some frameworks' closures do) runs a backward in every α probe: say so, once."""
+        if self._warned_probe_grad or all(p.grad is None for p in self._group_params()):
+            return
+        self._warned_probe_grad = True
+        warnings.warn(
+            f"{type(self).__name__}: an alpha probe ran backward although it was called under "
+            "torch.no_grad() (the closure enables gradients itself), so probes cost about 3x a "
+            "forward pass. Make the closure forward-only when torch.is_grad_enabled() is False "
+            "on entry, or use the lower-level API with a forward-only loss_fn.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
 
     # ------------------------------------------------------------------ state
     def _schedule_state(self) -> dict[str, Any]:
@@ -665,9 +846,44 @@ class SAMFamily(Optimizer):
             "steps": self.steps,
             "updates": self.updates,
             "skipped_updates": self.skipped_updates,
+            "step_index": self.step_index,
+            "cheap_updates": self.cheap_updates,
+            "schedule": self.schedule.to_dict(),
+            "reuse_valid": self._reuse_valid,
         }
         extra.update(self._state_extra())
         return extra
+
+    def _param_index(self, groups: list[dict[str, Any]]) -> list[tuple[Tensor, Any]]:
+        """(parameter, its key in a state_dict's "state") in the order torch numbers them."""
+        keys = [k for g in groups for k in g["params"]]
+        return list(zip(self._group_params(), keys))
+
+    def _pack_reuse(self, sd: dict[str, Any]) -> None:
+        """The schedule's reuse vectors travel in the per-parameter state (key
+        ``"sam_reuse"``), where checkpoint tools that reshard state keep them."""
+        if self.schedule.reuse == 0.0:
+            return
+        state = dict(sd["state"])
+        for p, key in self._param_index(sd["param_groups"]):
+            if not p.requires_grad:
+                continue
+            buf = self.state[p].get("sam_reuse") if p in self.state else None
+            if buf is None:  # zeros mean "no reused component" and give the entry a shape, so
+                buf = torch.zeros_like(local_tensor(p.detach()))  # DCP's templates have it
+            state[key] = {**state.get(key, {}), "sam_reuse": buf}
+        sd["state"] = state
+
+    def _unpack_reuse(self, sd: dict[str, Any]) -> dict[Any, Tensor]:
+        state, found = {}, {}
+        for key, entry in sd.get("state", {}).items():
+            entry = dict(entry)
+            if "sam_reuse" in entry:
+                found[key] = entry.pop("sam_reuse")
+            if entry:
+                state[key] = entry
+        sd["state"] = state
+        return found
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """The base optimizer's state_dict (its state and the shared param groups, which hold
@@ -680,6 +896,7 @@ class SAMFamily(Optimizer):
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
         sd = self.base_optimizer.state_dict()
+        self._pack_reuse(sd)
         extra = self._schedule_state()
         sd["param_groups"] = [{**g, "sam_family": dict(extra)} for g in sd["param_groups"]]
         sd["sam_family"] = extra
@@ -703,10 +920,19 @@ class SAMFamily(Optimizer):
             extra = in_groups[0]
         self._check_schedule(extra)  # every check before anything is loaded: a refused
         self._check_extra(extra)  # state_dict leaves this optimizer exactly as it was
+        reuse = self._unpack_reuse(sd)
         self.base_optimizer.load_state_dict(sd)
         self.param_groups = self.base_optimizer.param_groups
         self.updates = int(extra["updates"])
         self.skipped_updates = int(extra["skipped_updates"])
+        self.step_index = int(extra.get("step_index", self.updates + self.skipped_updates))
+        self.cheap_updates = int(extra.get("cheap_updates", 0))
+        self._reuse_valid = bool(extra.get("reuse_valid", False))
+        for p, key in self._param_index(sd["param_groups"]):
+            if p in self.state:
+                self.state[p].pop("sam_reuse", None)
+            if key in reuse:
+                self.state[p]["sam_reuse"] = reuse[key].to(p.device, p.dtype, copy=True)
         self._load_extra(extra)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
@@ -724,6 +950,12 @@ class SAMFamily(Optimizer):
         if extra.get("steps") != self.steps:
             raise ValueError(
                 f"state_dict has steps={extra.get('steps')}, this optimizer {self.steps}"
+            )
+        saved = extra.get("schedule", PerturbationSchedule().to_dict())
+        if saved != self.schedule.to_dict():
+            raise ValueError(
+                f"state_dict was saved with schedule {saved}, this optimizer has "
+                f"{self.schedule.to_dict()}; construct it with the saved schedule to resume"
             )
 
     # ------------------------------------------------------------------ copy and pickle
@@ -746,10 +978,19 @@ class SAMFamily(Optimizer):
         state = dict(self.__dict__)
         for key in _HOOK_DICTS:
             state.pop(key, None)
+        # weak references do not copy: keep the positions of the gradients the last update left
+        state["_left"] = [i for i, p in enumerate(self._group_params()) if self._ours(p)]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        left = state.pop("_left", [])
         super().__setstate__(state)
+        params = self._group_params()
+        self._left = {}
+        for i in left if isinstance(left, list) else []:
+            if i < len(params) and params[i].grad is not None:
+                g = params[i].grad
+                self._left[id(params[i])] = (weakref.ref(g), g._version)
 
     # ------------------------------------------------------------------ introspection
     @property

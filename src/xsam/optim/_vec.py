@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["acc_dtype", "global_norm", "ReduceFn"]
+__all__ = ["acc_dtype", "global_dots", "global_norm", "global_sq_sums", "ReduceFn"]
 
 # A hook that turns a local sum into a global one (distributed training shards or replicates
 # the vector). It receives and returns a 1-D float tensor of partial sums.
@@ -48,3 +48,16 @@ def global_norm(
 ) -> Tensor:
     """The 2-norm of the concatenation of ``tensors`` (a 0-d tensor)."""
     return global_sq_sums([tensors], dtype, reduce)[0].sqrt()
+
+
+def global_dots(
+    a: list[Tensor], b: list[Tensor], dtype: torch.dtype, reduce: ReduceFn | None = None
+) -> Tensor:
+    """``⟨a, b⟩`` of two tensor lists, each taken as one flat vector (a 0-d tensor)."""
+    if not a:
+        return torch.zeros((), dtype=dtype)
+    parts = [torch.sum(x.to(dtype) * y.to(dtype)) for x, y in zip(a, b, strict=True)]
+    out = torch.stack(parts).sum().reshape(1)
+    if reduce is not None:
+        out = reduce(out)
+    return out[0]

@@ -9,10 +9,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._core import SAMFamily, _Update
+from .schedule import PerturbationSchedule
 
 __all__ = ["SAM"]
 
-_SAM_KEYWORDS = frozenset({"rho", "steps", "adaptive", "eta", "model", "perturbation"})
+_SAM_KEYWORDS = frozenset({"rho", "steps", "adaptive", "eta", "model", "perturbation", "schedule"})
 
 
 class SAM(SAMFamily):
@@ -49,6 +50,9 @@ class SAM(SAMFamily):
             (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
             (every pass all-reduced: single-process training on the global batch). FSDP-sharded
             parameters imply ``"global"``. See :mod:`xsam.distributed`.
+        schedule: which steps get the full update; the others are cheap steps of one pass
+            (a :class:`xsam.PerturbationSchedule` or a dict of its fields; default: every
+            step full). See :mod:`xsam.optim.schedule`.
         base_kwargs: the base optimizer's settings as one mapping. Needed only when a setting
             of the base optimizer has the name of one of the wrapper's (``rho``, ``steps``,
             ``alpha``, ``eta``, ``model``, ...): such a name is refused as a plain keyword,
@@ -86,6 +90,7 @@ class SAM(SAMFamily):
         eta: float = 0.01,
         model: nn.Module | None = None,
         perturbation: str | None = None,
+        schedule: PerturbationSchedule | Mapping[str, Any] | None = None,
         base_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -99,6 +104,7 @@ class SAM(SAMFamily):
             rho_max=None,
             model=model,
             perturbation=perturbation,
+            schedule=schedule,
             base_kwargs=base_kwargs,
             own_keywords=_SAM_KEYWORDS,
             **kwargs,

@@ -14,6 +14,7 @@ from ..policies import frozen_norm_stats
 from ._args import FAMILY_KEYWORDS, as_real, check_number
 from ._core import EPS, SAMFamily, _as_tensor, _Update
 from ._vec import global_norm, global_sq_sums
+from .schedule import PerturbationSchedule
 
 __all__ = ["XSAM", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]
 
@@ -85,6 +86,10 @@ class XSAM(SAMFamily):
             (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
             (every pass all-reduced: single-process training on the global batch). FSDP-sharded
             parameters imply ``"global"``. See :mod:`xsam.distributed`.
+        schedule: which steps get the full update; the others are cheap steps of one pass
+            (a :class:`xsam.PerturbationSchedule` or a dict of its fields; default: every
+            step full). ``alpha_every`` counts full updates only. See
+            :mod:`xsam.optim.schedule`.
         base_kwargs: the base optimizer's settings as one mapping. Needed only when a setting
             of the base optimizer has the name of one of XSAM's (e.g. ``RMSprop``'s ``alpha``):
             such a name written as a plain keyword is refused as ambiguous.
@@ -126,6 +131,7 @@ class XSAM(SAMFamily):
         eta: float = 0.01,
         model: nn.Module | None = None,
         perturbation: str | None = None,
+        schedule: PerturbationSchedule | Mapping[str, Any] | None = None,
         base_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -176,6 +182,7 @@ class XSAM(SAMFamily):
             rho_max=rho_max,
             model=model,
             perturbation=perturbation,
+            schedule=schedule,
             base_kwargs=base_kwargs,
             own_keywords=_XSAM_KEYWORDS,
             **kwargs,

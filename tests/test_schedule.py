@@ -1,0 +1,400 @@
+"""Perturbation schedules: full SAM-family updates on some steps, cheap (one-pass) steps on the
+rest, with LookSAM's reuse. Identities with today's update and with the base optimizer, a closed
+form of the reuse rule, exact resume mid-schedule, skips, and the two paths agreeing."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import xsam
+from xsam import PerturbationSchedule as Sched
+
+DT = torch.float64
+
+
+def net(seed: int = 0, bn: bool = False, dtype=DT) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(5, 7)]
+    if bn:
+        layers.append(nn.BatchNorm1d(7))
+    layers += [nn.Tanh(), nn.Linear(7, 3)]
+    return nn.Sequential(*layers).to(dtype)
+
+
+def data(seed: int, n: int = 16, dtype=DT):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
+
+
+def closure_for(model, x, y):
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    return closure
+
+
+def lower_level_step(model, opt, x, y, scaler=None):
+    """The documented lower-level loop: ask perturb_due before the clean pass."""
+    scale = scaler.scale if scaler is not None else (lambda t: t)
+    full = opt.perturb_due
+    opt.zero_grad()
+    with opt.clean_pass():
+        scale(F.cross_entropy(model(x), y)).backward()
+    if full:
+        for _ in range(opt.steps):
+            opt.ascent_step()
+            with opt.perturbed_pass():
+                scale(F.cross_entropy(model(x), y)).backward()
+
+    def probe():
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y)
+
+    return opt.descent_step(loss_fn=probe, scaler=scaler)
+
+
+def flat(model) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in model.state_dict().values()])
+
+
+def train(model, opt, n: int, start: int = 0, lower: bool = False) -> torch.Tensor:
+    for i in range(start, start + n):
+        x, y = data(100 + i)
+        if lower:
+            lower_level_step(model, opt, x, y)
+        else:
+            opt.step(closure_for(model, x, y))
+    return flat(model)
+
+
+def make(cls: str, model, schedule=None, **kw):
+    base = dict(rho=0.2, lr=0.1, momentum=0.9, weight_decay=1e-2, model=model)
+    if cls == "XSAM":
+        base["alpha_every"] = 2
+    base.update(kw)
+    return getattr(xsam, cls)(model.parameters(), torch.optim.SGD, schedule=schedule, **base)
+
+
+# ------------------------------------------------------------------ the schedule object
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"every": 0}, "every must be an integer >= 1"),
+        ({"every": 2.0}, "every must be an integer >= 1"),
+        ({"every": True}, "every must be an integer >= 1"),
+        ({"start": -1}, "start must be an integer >= 0"),
+        ({"prob": 1.5}, r"prob must be in \[0, 1\]"),
+        ({"prob": float("nan")}, r"prob must be in \[0, 1\]"),
+        ({"reuse": -0.1}, "reuse must be finite and >= 0"),
+        ({"reuse": float("inf")}, "reuse must be finite and >= 0"),
+        ({"seed": -3}, "seed must be an integer >= 0"),
+    ],
+)
+def test_bad_schedule_settings_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Sched(**kwargs)
+
+
+def test_schedule_argument_forms():
+    model = net()
+    opt = make("SAM", model, {"every": 3, "reuse": 0.5})
+    assert opt.schedule == Sched(every=3, reuse=0.5)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['interval'\]"):
+        make("SAM", model, {"interval": 3})
+    with pytest.raises(TypeError, match="schedule must be a PerturbationSchedule"):
+        make("XSAM", model, 3)
+    with pytest.raises(TypeError, match="prob must be a real number"):
+        Sched(prob="0.5")
+
+
+def test_which_steps_are_full():
+    s = Sched(every=3, start=2)
+    assert [i for i in range(12) if s.full(i)] == [2, 5, 8, 11]
+    assert not any(Sched(prob=0.0).full(i) for i in range(100))
+    assert all(Sched().full(i) for i in range(100)) and Sched().always
+    assert Sched.late_phase(0.25, 400) == Sched(start=100)
+    # random switching: a pure function of (seed, index), the expected share, other seeds differ
+    p, n = 0.3, 20_000
+    draws = [Sched(prob=p, seed=4).full(i) for i in range(n)]
+    assert draws == [Sched(prob=p, seed=4).full(i) for i in range(n)]
+    assert abs(np.mean(draws) - p) < 4 * np.sqrt(p * (1 - p) / n)
+    assert draws != [Sched(prob=p, seed=5).full(i) for i in range(n)]
+    both = Sched(every=2, start=10, prob=0.5, seed=1)
+    assert not any(both.full(i) for i in list(range(10)) + list(range(11, 400, 2)))
+    for s in (Sched(every=4, start=3), Sched(every=1), Sched(start=7)):
+        assert s.expected_share(50) == pytest.approx(sum(s.full(i) for i in range(50)) / 50)
+
+
+# ------------------------------------------------------------------ identities
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+@pytest.mark.parametrize("schedule", [Sched(prob=0.0), Sched(start=10**6, reuse=0.7)])
+@pytest.mark.parametrize("lower", [False, True])
+def test_a_schedule_that_never_perturbs_is_the_base_optimizer_bit_for_bit(cls, schedule, lower):
+    model, twin = net(bn=True), net(bn=True)
+    opt = make(cls, model, schedule)
+    base = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    mine = train(model, opt, 5, lower=lower)
+    for i in range(5):
+        x, y = data(100 + i)
+        base.zero_grad()
+        F.cross_entropy(twin(x), y).backward()
+        base.step()
+    assert torch.equal(mine, flat(twin))
+    assert (opt.updates, opt.cheap_updates, opt.step_index) == (5, 5, 5)
+
+
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+@pytest.mark.parametrize(
+    "schedule", [Sched(), Sched(reuse=0.7), Sched(prob=1.0, seed=9, reuse=0.3)]
+)
+def test_a_schedule_that_always_perturbs_is_todays_update_bit_for_bit(cls, schedule):
+    model, twin = net(bn=True), net(bn=True)
+    opt = make(cls, model, schedule, steps=2)
+    ref = make(cls, twin, None, steps=2)
+    assert torch.equal(train(model, opt, 5), train(twin, ref, 5))
+    assert (opt.updates, opt.cheap_updates) == (5, 0)
+
+
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+def test_every_third_step_interleaves_the_full_update_and_base_steps(cls):
+    """Reference: today's optimizer on the full steps; its own base optimizer alone on the
+    others (so momentum and the α schedule are shared exactly as they must be)."""
+    model, twin = net(bn=True), net(bn=True)
+    opt = make(cls, model, Sched(every=3, start=1))
+    ref = make(cls, twin, None)
+    due = []
+    for i in range(8):
+        x, y = data(100 + i)
+        due.append(opt.perturb_due)
+        opt.step(closure_for(model, x, y))
+        if i % 3 == 1:
+            ref.zero_grad()  # the manual backward's gradients: stale for step()
+            ref.step(closure_for(twin, x, y))
+        else:
+            ref.zero_grad()
+            F.cross_entropy(twin(x), y).backward()
+            ref.base_optimizer.step()
+        assert torch.equal(flat(model), flat(twin)), i
+    assert due == [False, True, False, False, True, False, False, True]
+    assert (opt.updates, opt.cheap_updates, opt.step_index) == (8, 5, 8)
+    if cls == "XSAM":  # alpha_every counts full updates only
+        assert opt.alpha == ref.alpha and opt.search_due == ref.search_due
+
+
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+def test_lower_level_path_equals_the_closure_path(cls):
+    model, twin = net(bn=True), net(bn=True)
+    kw = dict(alpha_every=1) if cls == "XSAM" else {}
+    schedule = Sched(every=2, prob=0.8, seed=2, reuse=0.5)
+    a = make(cls, model, schedule, **kw)
+    b = make(cls, twin, schedule, **kw)
+    assert torch.equal(train(model, a, 7), train(twin, b, 7, lower=True))
+    assert (a.cheap_updates, a.step_index) == (b.cheap_updates, b.step_index)
+
+
+def test_ascent_on_a_cheap_step_and_descent_direction_are_refused():
+    model = net()
+    opt = make("SAM", model, Sched(every=2))
+    train(model, opt, 1)  # step 0 full, step 1 cheap
+    x, y = data(0)
+    with opt.clean_pass():
+        F.cross_entropy(model(x), y).backward()
+    with pytest.raises(RuntimeError, match="cheap step"):
+        opt.ascent_step()
+    with pytest.raises(RuntimeError, match="cheap step of the schedule: call descent_step"):
+        opt.descent_direction()
+    assert opt.descent_step() and opt.cheap_updates == 1
+
+
+# ------------------------------------------------------------------ the reuse rule
+class Quad(nn.Module):
+    """L(θ) = ½θᵀAθ − bᵀθ over two tensors (norms and dots must be global)."""
+
+    def __init__(self, A, b, theta):
+        super().__init__()
+        self.A, self.b = torch.tensor(A), torch.tensor(b)
+        self.p1 = nn.Parameter(torch.tensor(theta[:2]))
+        self.p2 = nn.Parameter(torch.tensor(theta[2:]))
+
+    def forward(self):
+        t = torch.cat([self.p1, self.p2])
+        return 0.5 * t @ self.A @ t - self.b @ t
+
+    def theta(self):
+        return torch.cat([self.p1, self.p2]).detach().numpy()
+
+
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+def test_cheap_steps_reuse_the_orthogonal_part_of_the_last_full_direction(cls):
+    rng = np.random.default_rng(3)
+    M = rng.normal(size=(4, 4))
+    A, b, theta = M @ M.T + np.eye(4), rng.normal(size=4), rng.normal(size=4)
+    q = Quad(A, b, theta)
+    lr, lam, rho = 0.05, 0.7, 0.3
+    kw = dict(alpha=0.6) if cls == "XSAM" else {}
+    opt = getattr(xsam, cls)(
+        q.parameters(), torch.optim.SGD, rho=rho, lr=lr, schedule=Sched(every=3, reuse=lam), **kw
+    )
+
+    def closure():
+        loss = q()
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    g0 = A @ theta - b
+    opt.step(closure)  # full: d is left in .grad
+    d = torch.cat([q.p1.grad, q.p2.grad]).numpy()
+    if cls == "SAM":  # d = g_k, in closed form
+        np.testing.assert_allclose(d, A @ (theta + rho * g0 / np.linalg.norm(g0)) - b, rtol=1e-12)
+    v = d - (d @ g0) / (g0 @ g0) * g0
+    v /= np.linalg.norm(v)
+    th = theta - lr * d
+    for _ in range(2):  # two cheap steps
+        g = A @ th - b
+        opt.step(closure)
+        th = th - lr * (g + lam * np.linalg.norm(g) * v)
+        np.testing.assert_allclose(q.theta(), th, rtol=1e-12, atol=1e-14)
+    assert opt.cheap_updates == 2
+
+
+def test_a_skipped_full_update_leaves_no_vector_to_reuse():
+    model, twin = net(), net()
+    opt = make("SAM", model, Sched(every=2, reuse=0.7))
+    ref = make("SAM", twin, Sched(prob=0.0, reuse=0.7))  # never full: plain cheap steps
+    bad_x, y = data(0)
+    bad_x[0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        opt.step(closure_for(model, bad_x, y))  # a full update, skipped
+        ref.step(closure_for(twin, bad_x, y))  # a cheap step, skipped
+    assert opt.skipped_updates == ref.skipped_updates == 1
+    x, y = data(1)
+    opt.step(closure_for(model, x, y))
+    ref.step(closure_for(twin, x, y))
+    assert torch.equal(flat(model), flat(twin))
+
+
+# ------------------------------------------------------------------ skips, state, copies
+def test_a_skipped_cheap_step_changes_nothing_and_lowers_the_loss_scale():
+    model = net(bn=True, dtype=torch.float32)
+    opt = make("XSAM", model, Sched(every=2, reuse=0.5))
+    x, y = data(0, dtype=torch.float32)
+    lower_level_step(model, opt, x, y)  # full
+    before = (flat(model).clone(), copy.deepcopy(opt.base_optimizer.state_dict()))
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    bad = x.clone()
+    bad[3, 1] = float("inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert not lower_level_step(model, opt, bad, y, scaler=scaler)  # cheap, skipped
+    scaler.update()
+    assert torch.equal(flat(model), before[0])  # weights and BatchNorm statistics
+    after = opt.base_optimizer.state_dict()
+    for k, st in before[1]["state"].items():
+        assert torch.equal(st["momentum_buffer"], after["state"][k]["momentum_buffer"])
+    assert scaler.get_scale() == 8.0
+    assert (opt.skipped_updates, opt.cheap_updates, opt.step_index) == (1, 0, 2)
+
+
+@pytest.mark.parametrize("cls", ["SAM", "XSAM"])
+def test_resume_mid_schedule_is_exact(cls):
+    schedule = Sched(every=2, prob=0.8, seed=1, reuse=0.5)
+    model = net(bn=True)
+    opt = make(cls, model, schedule)
+    whole = train(model, opt, 9)
+
+    model = net(bn=True)
+    opt = make(cls, model, schedule)
+    train(model, opt, 5)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    assert any("sam_reuse" in st for st in saved["opt"]["state"].values())
+    model2 = net(seed=5, bn=True)
+    opt2 = make(cls, model2, schedule)
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    assert (opt2.step_index, opt2.cheap_updates) == (opt.step_index, opt.cheap_updates)
+    assert not any("sam_reuse" in st for st in opt2.base_optimizer.state.values())
+    assert torch.equal(train(model2, opt2, 4, start=5), whole)
+
+
+def test_loading_another_schedule_is_refused_and_changes_nothing():
+    model = net()
+    opt = make("XSAM", model, Sched(every=2, reuse=0.5))
+    train(model, opt, 3)
+    other = make("XSAM", net(), Sched(every=4, reuse=0.5))
+    with pytest.raises(ValueError, match="saved with schedule"):
+        other.load_state_dict(opt.state_dict())
+    assert other.step_index == 0 and not other.base_optimizer.state
+    plain = make("XSAM", net(), None)
+    with pytest.raises(ValueError, match="saved with schedule"):
+        plain.load_state_dict(opt.state_dict())
+
+
+def test_a_copied_optimizer_keeps_its_place_in_the_schedule():
+    model = net(bn=True)
+    opt = make("XSAM", model, Sched(every=3, reuse=0.5))
+    train(model, opt, 4)
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert torch.equal(train(model, opt, 5, start=4), train(model2, opt2, 5, start=4))
+    assert opt2.step_index == opt.step_index == 9
+
+
+# ------------------------------------------------------------------ gradients on entry
+def test_gradients_from_outside_the_closure_are_warned_about_once():
+    model = net()
+    opt = make("SAM", model)
+    x, y = data(0)
+    F.cross_entropy(model(x), y).backward()  # e.g. an accumulated micro-batch
+    with pytest.warns(RuntimeWarning, match=r"discarded the gradient '0\.weight'"):
+        opt.step(closure_for(model, x, y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(closure_for(model, x, y))  # the gradients it left itself: no warning
+        opt.zero_grad(set_to_none=False)  # zeros: nothing is lost
+        opt.step(closure_for(model, x, y))
+    fresh = make("SAM", model)
+    F.cross_entropy(model(x), y).backward()  # accumulates into the gradients opt left
+    with pytest.warns(RuntimeWarning, match="discarded the gradient"):
+        fresh.step(closure_for(model, x, y))
+
+
+def test_a_probe_that_runs_backward_anyway_is_warned_about_once():
+    model, twin = net(), net()
+    a, b = make("XSAM", model, alpha_every=1), make("XSAM", twin, alpha_every=1)
+    backwards = []
+
+    def stubborn(x, y):
+        def closure():  # re-enables gradients itself, as some frameworks' closures do
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                backwards.append(1)
+            return loss
+
+        return closure
+
+    x, y = data(0)
+    with pytest.warns(RuntimeWarning, match="alpha probe ran backward"):
+        a.step(stubborn(x, y))
+    assert len(backwards) == 2 + len(a.alpha_grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a.step(stubborn(*data(1)))
+    b.step(closure_for(twin, x, y))
+    b.step(closure_for(twin, *data(1)))
+    assert torch.equal(flat(model), flat(twin))  # the probes' gradients were discarded
