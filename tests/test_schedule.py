@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import warnings
 
 import numpy as np
@@ -398,3 +399,86 @@ def test_a_probe_that_runs_backward_anyway_is_warned_about_once():
     b.step(closure_for(twin, x, y))
     b.step(closure_for(twin, *data(1)))
     assert torch.equal(flat(model), flat(twin))  # the probes' gradients were discarded
+
+
+# ------------------------------------------------------------------ the trainer and its config
+TINY = dict(limit_train=256, limit_test=128, batch_size=64, epochs=2, threads=1)  # 4 updates/epoch
+
+
+def tiny(**kw):
+    from xsam.train import TrainConfig
+
+    return TrainConfig(**{**TINY, **kw})
+
+
+def _weights(result) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in result["model"].state_dict().values()])
+
+
+def test_trainer_schedule_that_never_perturbs_is_the_sgd_run():
+    from xsam.train import train
+
+    sam = train(tiny(optimizer="sam", perturb_prob=0.0, perturb_reuse=0.7, epochs=1))
+    sgd = train(tiny(optimizer="sgd", epochs=1))
+    assert torch.equal(_weights(sam), _weights(sgd))
+    assert sam["metrics"][0]["full_updates"] == 0 and sgd["metrics"][0]["full_updates"] is None
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize(
+    "kw, full",
+    [
+        (dict(perturb_every=2, perturb_reuse=0.5), [2, 4]),
+        (dict(perturb_start=0.5), [0, 4]),
+        (dict(perturb_every=3, perturb_start=0.25), [1, 2]),  # steps 2 and 5 of 0-7
+    ],
+)
+def test_trainer_full_updates_follow_the_schedule(amp, kw, full):
+    from xsam.train import train
+
+    ms = train(tiny(optimizer="xsam", amp=amp, **kw))["metrics"]
+    assert [m["full_updates"] for m in ms] == full
+    assert all(math.isfinite(m["train_loss"]) and m["skipped_updates"] == 0 for m in ms)
+
+
+def test_trainer_resume_mid_schedule_is_bit_identical(tmp_path):
+    from xsam.train import load_checkpoint, train, without_times
+
+    kw = dict(optimizer="xsam", perturb_every=2, perturb_prob=0.7, perturb_reuse=0.5)
+    whole = train(tiny(out=str(tmp_path / "whole"), **kw))
+    train(tiny(out=str(tmp_path / "part"), **kw), stop_after=1)
+    resumed = train(tiny(out=str(tmp_path / "part"), **kw), resume=True)
+    assert without_times(resumed["metrics"]) == without_times(whole["metrics"])
+    a = load_checkpoint(tmp_path / "whole/last.pt")["optimizer"]
+    b = load_checkpoint(tmp_path / "part/last.pt")["optimizer"]
+    assert a["sam_family"] == b["sam_family"] and a["sam_family"]["step_index"] == 8
+    for s, t in zip(a["state"].values(), b["state"].values()):
+        assert torch.equal(s["sam_reuse"], t["sam_reuse"])
+    with pytest.raises(Exception, match="perturb_every"):
+        train(tiny(out=str(tmp_path / "part"), **{**kw, "perturb_every": 3}), resume=True)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("perturb_every", 0, "perturb_every"),
+        ("perturb_prob", 1.5, r"perturb_prob should be in \[0, 1\]"),
+        ("perturb_start", 2.0, r"perturb_start should be in \[0, 1\]"),
+        ("perturb_reuse", -1.0, "perturb_reuse"),
+    ],
+)
+def test_bad_schedule_config_is_named(field, value, message):
+    from xsam.train import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        tiny(optimizer="sam", **{field: value}).validated()
+    tiny(optimizer="sgd", **{field: value}).validated()  # unused by sgd: accepted, ignored
+
+
+def test_cli_flags_reach_the_config():
+    from xsam.train.cli import build_parser
+
+    ns = build_parser().parse_args(
+        ["train", "--perturb-every", "4", "--perturb-reuse", "0.7", "--perturb-start", "0.5"]
+    )
+    assert (ns.perturb_every, ns.perturb_reuse, ns.perturb_start) == ("4", "0.7", "0.5")

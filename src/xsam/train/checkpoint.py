@@ -75,6 +75,7 @@ METRIC_KEYS = (
     "epoch_time_s",
     "images_per_s",
     "skipped_updates",
+    "full_updates",
     "alpha_searches",
     "eval_time_s",
     "wall_s",
@@ -87,7 +88,9 @@ against the noisy and the true labels) and ``memorized`` (the fraction of flippe
 predicted as their wrong label) are empty without label noise;
 ``lr`` the learning rate of the epoch's first update; ``epoch_time_s`` the training time of the
 epoch (``eval_time_s`` the evaluation's); ``wall_s`` the run's total of both so far;
-``skipped_updates`` the run's total so far."""
+``skipped_updates`` the run's total so far; ``full_updates`` the SAM family's applied
+sharpness-aware updates so far (fewer than all updates under a perturbation schedule; empty for
+``sgd``)."""
 TIME_KEYS = frozenset({"epoch_time_s", "images_per_s", "eval_time_s", "wall_s"})
 """Metrics that measure time: they differ between otherwise identical runs."""
 

@@ -87,6 +87,11 @@ class TrainConfig:
         adaptive, eta: the SAM-family ascent. alpha (``"auto"`` or a number), rho_max (``None``:
         2·rho), alpha_grid (``None``: 0..2 step 0.1), alpha_every (``None``: search at the
         first update of every epoch, as the paper; an int: every that many updates): XSAM's α.
+        perturb_every, perturb_start (a fraction of the run's updates), perturb_prob,
+        perturb_reuse: the perturbation schedule (:class:`xsam.PerturbationSchedule`: full
+        updates every n-th step, from a point of the run, with a probability; LookSAM's reuse
+        on the cheap steps between; the draws seeded by ``seed``). The defaults make every
+        update full.
         base: ``sgd`` or ``adamw``, with lr, momentum (SGD only), weight_decay, nesterov.
         A setting the optimizer does not use (:func:`unused_fields`: the SAM family's with
         ``sgd``, XSAM's with ``sam``, momentum and nesterov with ``adamw``) is accepted and
@@ -121,6 +126,10 @@ class TrainConfig:
     alpha_grid: list[float] | None = None
     alpha_every: int | None = None
     perturbation: str = "local"
+    perturb_every: int = 1
+    perturb_start: float = 0.0
+    perturb_prob: float = 1.0
+    perturb_reuse: float = 0.0
     base: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -235,6 +244,7 @@ class TrainConfig:
                 low = None if name in unused else 1
                 setattr(c, name, _int(name, getattr(c, name), low=low))
         c.seed = _int("seed", c.seed, low=0)
+        c._validate_perturb_schedule(unused)
         c.noise_seed = _int("noise_seed", c.noise_seed, low=0)
         c.label_noise = _number("label_noise", c.label_noise, low=0.0)
         if c.label_noise >= 1.0:
@@ -252,12 +262,33 @@ class TrainConfig:
         if c.optimizer == "xsam" and c.adaptive and c.eta <= 0:
             raise ConfigError(f"eta should be > 0 for xsam with adaptive=true but is: {c.eta}")
 
+    def _validate_perturb_schedule(self, unused: set[str]) -> None:
+        c = self
+        c.perturb_every = _int(
+            "perturb_every", c.perturb_every, low=None if "perturb_every" in unused else 1
+        )
+        for name in ("perturb_start", "perturb_prob", "perturb_reuse"):
+            ranged = name not in unused
+            setattr(c, name, _number(name, getattr(c, name), low=0.0, ranged=ranged))
+            if ranged and name != "perturb_reuse" and getattr(c, name) > 1.0:
+                raise ConfigError(f"{name} should be in [0, 1] but is: {getattr(c, name)}")
+
     @property
     def augmentation(self) -> Augment:
         return parse_augment(self.augment)
 
 
-SAM_FAMILY_FIELDS = ("rho", "steps", "adaptive", "eta", "perturbation")
+SAM_FAMILY_FIELDS = (
+    "rho",
+    "steps",
+    "adaptive",
+    "eta",
+    "perturbation",
+    "perturb_every",
+    "perturb_start",
+    "perturb_prob",
+    "perturb_reuse",
+)
 """Settings of the SAM family's ascent: used by ``sam`` and ``xsam``, not by ``sgd``."""
 XSAM_FIELDS = ("alpha", "rho_max", "alpha_grid", "alpha_every")
 """XSAM's α settings: used by ``xsam`` only."""
@@ -482,6 +513,10 @@ _PARSERS: dict[str, Any] = {
     "alpha_grid": _optional(parse_alpha_grid),
     "alpha_every": parse_alpha_every,
     "perturbation": str,
+    "perturb_every": _typed(int),
+    "perturb_start": _typed(float),
+    "perturb_prob": _typed(float),
+    "perturb_reuse": _typed(float),
     "base": str,
     "lr": _typed(float),
     "momentum": _typed(float),

@@ -241,12 +241,17 @@ def epoch_row(
             "epoch_time_s": train_time,
             "images_per_s": totals.seen / train_time if train_time > 0 else None,
             "skipped_updates": state.skipped_updates,
+            "full_updates": _full_updates(state.opt) if state.sam_family else None,
             "alpha_searches": totals.searches if xsam else None,
             "eval_time_s": eval_time,
             "wall_s": wall + (train_time + eval_time),
         }
     )
     return row
+
+
+def _full_updates(opt: Any) -> int:
+    return int(opt.updates - opt.cheap_updates)
 
 
 def epoch_line(r: dict[str, Any], epochs: int) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import SAM, XSAM, __version__
+from .. import SAM, XSAM, PerturbationSchedule, __version__
 from ..data import BatchLoader
 from ..models import build_model
 from .checkpoint import CHECKPOINT, get_rng_state, set_rng_state
@@ -30,6 +30,7 @@ __all__ = [
     "LRSchedule",
     "RunState",
     "build_optimizer",
+    "perturb_schedule",
     "build_run_state",
     "lr_factor",
     "model_options",
@@ -100,9 +101,29 @@ class LRSchedule:
 
 
 # ---------------------------------------------------------------------- optimizer
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def perturb_schedule(config: TrainConfig, total_steps: int | None) -> PerturbationSchedule:
+    """The perturbation schedule ``config`` describes; ``perturb_start`` is a fraction of the
+    run's ``total_steps`` updates, the ``perturb_prob`` draws are seeded by ``config.seed``."""
+    start = 0
+    if config.perturb_start > 0:
+        if total_steps is None:
+            raise ConfigError("perturb_start needs the run's number of updates")
+        start = round(config.perturb_start * total_steps)
+    return PerturbationSchedule(
+        every=config.perturb_every,
+        start=start,
+        prob=config.perturb_prob,
+        seed=config.seed,
+        reuse=config.perturb_reuse,
+    )
+
+
+def build_optimizer(
+    config: TrainConfig, model: nn.Module, total_steps: int | None = None
+) -> torch.optim.Optimizer:
     """The optimizer ``config`` describes, over ``model``'s parameters (``model`` may be a
-    ``DistributedDataParallel`` wrapper: the perturbation mode then applies)."""
+    ``DistributedDataParallel`` wrapper: the perturbation mode then applies). ``total_steps``:
+    the run's number of updates (needed by ``perturb_start``)."""
     base_cls: type[torch.optim.Optimizer]
     base_kw: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.base == "sgd":
@@ -115,7 +136,11 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         if config.optimizer == "sgd":
             return base_cls(params, **base_kw)
         sam_kw: dict[str, Any] = dict(
-            rho=config.rho, steps=config.steps, adaptive=config.adaptive, eta=config.eta
+            rho=config.rho,
+            steps=config.steps,
+            adaptive=config.adaptive,
+            eta=config.eta,
+            schedule=perturb_schedule(config, total_steps),
         )
         if isinstance(model, nn.parallel.DistributedDataParallel):
             sam_kw["perturbation"] = config.perturbation
@@ -305,7 +330,7 @@ def build_run_state(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    opt = build_optimizer(config, net)
+    opt = build_optimizer(config, net, total_steps=config.epochs * len(loader))
     return RunState(
         config=config,
         model=model,

@@ -181,13 +181,16 @@ class SAMAmpUpdate(_SAMUpdate):
                 return forward()[0]
 
         opt.zero_grad(set_to_none=True)
+        # a cheap step of the perturbation schedule: the clean pass alone (asked before it,
+        # because under DDP it decides whether the clean pass's gradient is all-reduced)
+        full = opt.perturb_due  # type: ignore[attr-defined]
         try:
             # clean_pass() records the running statistics (the optimizer has model=), so a
             # skipped or abandoned update puts them back.
             with opt.clean_pass():  # type: ignore[attr-defined]
                 loss, out = forward()
                 scaler.scale(loss).backward()
-            for _ in range(opt.steps):  # type: ignore[attr-defined]
+            for _ in range(opt.steps if full else 0):  # type: ignore[attr-defined]
                 opt.ascent_step()  # type: ignore[attr-defined]
                 with opt.perturbed_pass():  # type: ignore[attr-defined]
                     scaler.scale(forward()[0]).backward()
