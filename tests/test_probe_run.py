@@ -81,3 +81,26 @@ def test_probe_bad_input_exits_2(case, run_dir, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("xsam: error:") and "\n" not in err
+
+
+def test_probe_reports_progress_and_keeps_finished_checkpoints(run_dir, tmp_path, monkeypatch):
+    """Each checkpoint's record is written as soon as it is probed: a probe stopped at the
+    second checkpoint keeps the first."""
+    import xsam.analysis.runs as runs_mod
+
+    out, _ = run_dir
+    real, calls, lines = runs_mod.probe_directions, [], []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs_mod, "probe_directions", second_fails)
+    kw = dict(examples=10, max_steps_k=1, n_starts=1, ascent_iters=1, n_plane=4)
+    with pytest.raises(KeyboardInterrupt):
+        probe_run(out, out=tmp_path, log=lines.append, alpha_grid=[0.0, 1.0], **kw)
+    assert lines[0] == "probing epoch 1 (1/2) ..." and lines[-1] == "probing epoch 2 (2/2) ..."
+    kept = [json.loads(s) for s in (tmp_path / "probe.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in kept] == [1]

@@ -113,7 +113,9 @@ def probe_run(
     dest = Path(out) if out is not None else run / "probe"
     dest.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
-    for epoch in wanted:
+    for i, epoch in enumerate(wanted, 1):
+        if log is not None:
+            log(f"probing epoch {epoch} ({i}/{len(wanted)}) ...")
         model.load_state_dict(load_checkpoint(found[epoch])["model"])
         result = probe_directions(
             model, loss_fn, rho=rho, rho_max=rho_max, max_steps_k=max_steps_k, **probe_kwargs
@@ -129,18 +131,27 @@ def probe_run(
                 f"epoch {epoch}: cos to u*  g0 {c['g0']:.3f}  g1 {c['g1']:.3f}  "
                 f"xsam1 {c['xsam1']:.3f}  (clean loss {result['clean_loss']:.4f})"
             )
-    atomic_write_text(
-        dest / "probe.jsonl", "".join(json.dumps(r, default=float) + "\n" for r in records)
-    )
-    plot_cosines(
-        [cosine_record(r["probe"], r["epoch"]) for r in records],
-        dest / "cosines.png",
-        title=f"{cfg.optimizer} on {cfg.dataset}: cosine to u* (ρ_max = {rho_max:g})",
-    )
+        # written after every checkpoint: an interrupted probe keeps what it finished
+        atomic_write_text(
+            dest / "probe.jsonl", "".join(json.dumps(r, default=float) + "\n" for r in records)
+        )
+    try:
+        plot_cosines(
+            [cosine_record(r["probe"], r["epoch"]) for r in records],
+            dest / "cosines.png",
+            title=f"{cfg.optimizer} on {cfg.dataset}: cosine to u* (ρ_max = {rho_max:g})",
+        )
+    except ImportError as exc:
+        if log is not None:
+            log(f"plots skipped: {exc}")
     if landscape:
         last = wanted[-1]
         model.load_state_dict(load_checkpoint(found[last])["model"])
         plane = plane_landscape(model, loss_fn, rho=rho, rho_max=rho_max)
-        plot_plane_landscape(plane, dest / "plane.png", title=f"epoch {last}")
         atomic_write_text(dest / "plane.json", json.dumps(plane, default=float))
+        try:
+            plot_plane_landscape(plane, dest / "plane.png", title=f"epoch {last}")
+        except ImportError as exc:
+            if log is not None:
+                log(f"plots skipped: {exc}")
     return records

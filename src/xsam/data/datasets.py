@@ -157,7 +157,11 @@ def _find(name: str, root: str | Path | None, *markers: str) -> Path:
     gz_pair = markers[1:] == (f"{markers[0]}.gz",)
     wanted = f"{markers[0]}[.gz]" if gz_pair else f"'{markers[0]}' file"
     where = ", ".join(str(d) for d in dirs) or "nowhere (no root given and XSAM_DATA unset)"
-    raise DataError(f"{name}: no {wanted} found in: {where}; {_HINT}{_MORE_HINTS.get(name, '')}")
+    if root is not None:  # the user chose the folder: say what it should hold, not to pass it
+        hint = f"check that --data-dir (root=) {root} holds the {name} files{_MORE_HINTS.get(name, '')}"
+    else:
+        hint = f"{_HINT}{_MORE_HINTS.get(name, '')}"
+    raise DataError(f"{name}: no {wanted} found in: {where}; {hint}")
 
 
 def _idx_file(folder: Path, stem: str, name: str) -> Path:

@@ -272,16 +272,30 @@ def _add_probe(sub: Any) -> None:
     pr.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def _config_from_args(ns: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """base (default: defaults) ← preset ← --config file ← explicit flags."""
+def _config_from_args(
+    ns: argparse.Namespace, base: TrainConfig | None = None, *, preset: bool = True
+) -> TrainConfig:
+    """base (default: defaults) ← preset (unless ``preset=False``) ← --config file ← explicit
+    flags."""
     args = vars(ns)
-    config = resolve_config(args.get("preset"), None, base)
+    config = resolve_config(args.get("preset") if preset else None, None, base)
     if "config" in args:
         file_config = TrainConfig.from_json(args["config"])
         explicit = {k: v for k, v in file_config.to_dict().items() if k != "out"}
         config = apply_overrides(config, explicit)
     flags = {k: v for k, v in args.items() if k in FIELD_NAMES}
     return apply_overrides(config, flags)
+
+
+def _check_resume_preset(preset: str | None, saved: TrainConfig, out: Path) -> None:
+    if preset is None or preset == saved.preset:
+        return
+    raise ConfigError(
+        f"--preset {preset} is not the preset the run in {out} started from "
+        f"({saved.preset or 'none'}); --resume continues the saved config, so drop --preset "
+        "(and give only the flags you mean to change); to start a different run, pass another "
+        "--out (--force deletes this run and starts over)"
+    )
 
 
 def _default_name(config: TrainConfig) -> str:
@@ -315,8 +329,11 @@ def _cmd_train(ns: argparse.Namespace) -> int:
         )
     out = Path(config.out)  # type: ignore[arg-type]
     if ns.resume and (out / CONFIG).is_file():
-        # The saved config is the base; flags given now must agree with it (checked by train).
-        config = _config_from_args(ns, TrainConfig.from_json(out / CONFIG)).replace(out=str(out))
+        # The saved config is the base and only the flags written now change it (checked by
+        # train): a preset named again must be the run's own, and does not reset anything.
+        saved = TrainConfig.from_json(out / CONFIG)
+        _check_resume_preset(getattr(ns, "preset", None), saved, out)
+        config = _config_from_args(ns, saved, preset=False).replace(out=str(out))
     # under torchrun only rank 0 speaks
     log = _printer(ns.quiet or os.environ.get("RANK", "0") != "0")
     ignored = [k for k in vars(ns) if k in unused_fields(c)]
@@ -517,7 +534,8 @@ def _cmd_probe(ns: argparse.Namespace) -> int:
     )
     if not ns.quiet:
         where = ns.out or str(Path(ns.run) / "probe")
-        print(f"probed {len(records)} checkpoint(s); wrote {where}/probe.jsonl, cosines.png")
+        plots = ", cosines.png" if (Path(where) / "cosines.png").is_file() else ""
+        print(f"probed {len(records)} checkpoint(s); wrote {where}/probe.jsonl{plots}")
     return 0
 
 

@@ -249,6 +249,8 @@ def run_compare(
     atomic_write_text(out_dir / RESULTS_JSON, json.dumps(numbers, indent=2) + "\n")
     if plots:
         files += plot_runs(runs, out_dir)
+        if not plotting_available():
+            print(f"xsam: {PLOTS_SKIPPED}", file=sys.stderr)
     result = {
         "rows": rows,
         "table": table,
@@ -681,7 +683,43 @@ def _machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    return f"{cpu}, {cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def run_threads(runs: Sequence[dict[str, Any]]) -> list[int]:
+    """The CPU thread counts the runs recorded in their ``run.json`` (sorted, distinct)."""
+    found = set()
+    for r in runs:
+        try:
+            info = json.loads((Path(r["dir"]) / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(info.get("threads"), int):
+            found.add(info["threads"])
+    return sorted(found)
+
+
+def _threads_line(runs: Sequence[dict[str, Any]]) -> str:
+    threads = run_threads(runs)
+    if not threads:
+        return ""
+    text = " or ".join(map(str, threads))
+    return f"- CPU threads per run: {text} (as each run recorded it)\n"
+
+
+PLOTS_SKIPPED = (
+    "plots skipped: matplotlib is not installed (pip install 'torch-xsam[plot]', or "
+    "pip install matplotlib, then rerun the command: finished runs are not trained again)"
+)
+
+
+def plotting_available() -> bool:
+    """Whether matplotlib can be imported (the plots need it; everything else does not)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _results_markdown(
@@ -726,6 +764,7 @@ def _results_markdown(
         f"{failures}"
         f"- command: `{' '.join(['xsam', *sys.argv[1:]])}`\n"
         f"- machine: {platform.node()}, {_machine()}\n"
+        f"{_threads_line(runs)}"
         f"- date: {when}\n"
         f"- runs: {', '.join(Path(r['dir']).name for r in runs)}\n"
     )

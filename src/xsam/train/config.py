@@ -55,6 +55,13 @@ RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset", 
 """Config fields a resumed run may change: they do not change the results (on one device)."""
 
 
+RESUME_HOW = (
+    "; to continue, drop the changed flag(s) (--resume continues the saved config); to start a "
+    "different run, pass another --out (--force deletes this run and starts over)"
+)
+"""What a refused resume suggests: the safe way first, the destructive one last."""
+
+
 class ConfigError(ValueError):
     """A configuration or a run folder that cannot be used; the message says why (one line)."""
 

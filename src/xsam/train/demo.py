@@ -11,13 +11,14 @@ verdict between SAM and XSAM; the caption it writes says so with the run's own n
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
-from .compare import load_runs, parse_seeds
+from .compare import PLOTS_SKIPPED, load_runs, parse_seeds, plotting_available
 from .config import TrainConfig, resolve_config
 
 __all__ = [
@@ -153,6 +154,8 @@ def write_demo_report(
     plot = plot_demo(runs, out_dir)
     if plot is not None:
         files.append(plot)
+    elif not plotting_available():
+        print(f"xsam: {PLOTS_SKIPPED}", file=sys.stderr)
     if say is not None:
         say(caption)
     return files

@@ -51,7 +51,7 @@ from .checkpoint import (
     run_status,
     write_metrics,
 )
-from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, resume_diff
+from .config import RESUME_FREE_KEYS, RESUME_HOW, ConfigError, TrainConfig, resume_diff
 from .epoch import epoch_line, evaluate, run_epoch
 from .ranks import Ranks, init_ranks
 from .state import RunState, build_optimizer, build_run_state, lr_factor
@@ -194,7 +194,7 @@ def _open_run(
             if diff:
                 raise ConfigError(
                     f"cannot resume {run_dir}: the config differs from the saved one "
-                    f"({'; '.join(diff)}); use --force to start over"
+                    f"({'; '.join(diff)})" + RESUME_HOW
                 )
         mode = prepare_run_dir(run_dir, resume=resume, force=force)
         if resume and mode == "new" and status == "started":

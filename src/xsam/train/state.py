@@ -265,7 +265,8 @@ class RunState:
         if diff:
             raise ConfigError(
                 f"cannot resume {run_dir}: {where} was written by a run with another config "
-                f"({'; '.join(diff)}); use --force to start over"
+                f"({'; '.join(diff)}); start over with --force (deletes this run) or use another "
+                "--out"
             )
         sched = dict(ckpt.get("scheduler") or {})
         sched.pop("step", None)
