@@ -27,15 +27,23 @@ def data():
     return [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(x), BATCH)]
 
 
-def make(kind):
+def make(kind, schedule=None):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
     if kind == "sam":
-        opt = xsam.SAM(net.parameters(), torch.optim.SGD, rho=0.1, model=net, lr=0.1, momentum=0.9)
+        opt = xsam.SAM(
+            net.parameters(),
+            torch.optim.SGD,
+            rho=0.1,
+            model=net,
+            lr=0.1,
+            momentum=0.9,
+            schedule=schedule,
+        )
     else:
         opt = xsam.XSAM(
             net.parameters(), torch.optim.SGD, rho=0.1, alpha="auto", alpha_every=2,
-            alpha_grid=GRID, model=net, lr=0.1, momentum=0.9,
+            alpha_grid=GRID, model=net, lr=0.1, momentum=0.9, schedule=schedule,
         )  # fmt: skip
     return net, opt
 
@@ -47,9 +55,9 @@ def accelerator(precision="no", accum=1):
     )
 
 
-def train(kind, precision, accum, max_grad_norm=None):
+def train(kind, precision, accum, max_grad_norm=None, schedule=None):
     acc = accelerator(precision)
-    net, opt = make(kind)
+    net, opt = make(kind, schedule)
     model, popt = acc.prepare(net, opt)
     calls = {"grad": 0, "no_grad": 0}
 
@@ -67,14 +75,15 @@ def train(kind, precision, accum, max_grad_norm=None):
     return net, opt, calls, clean
 
 
-def reference(kind, accum, bf16=False, max_grad_norm=None):
-    net, opt = make(kind)
+def reference(kind, accum, bf16=False, max_grad_norm=None, schedule=None):
+    net, opt = make(kind, schedule)
     batches, clean = data(), []
     for start in range(0, N_BATCHES, accum):
         window = batches[start : start + accum]
         calls = []
+        passes = opt.steps + 1 if opt.perturb_due else 1  # a cheap step of a schedule: one
 
-        def closure(window=window, calls=calls):
+        def closure(window=window, calls=calls, passes=passes):
             total = 0.0
             for x, y in window:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -85,7 +94,7 @@ def reference(kind, accum, bf16=False, max_grad_norm=None):
                 total = total + loss.detach()
             if torch.is_grad_enabled():
                 calls.append(1)
-                if max_grad_norm and len(calls) == opt.steps + 1:  # g_k, hence d
+                if max_grad_norm and len(calls) == passes:  # g_k, hence d
                     torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
             return total
 
@@ -120,6 +129,18 @@ def test_sam_update_max_grad_norm_clips_d():
     free, _, _ = reference("xsam", 2)
     assert_same(net, ref)
     assert max((a - b).abs().max() for a, b in zip(ref.parameters(), free.parameters())) > 1e-3
+
+
+def test_sam_update_follows_the_perturbation_schedule():
+    """A schedule with cheap steps (one pass, the clean gradient) between full updates: the
+    same steps as opt.step(closure), clipping included (on a cheap step it clips the clean
+    gradient, the one applied)."""
+    schedule = xsam.PerturbationSchedule(every=2)
+    net, opt, calls, _ = train("xsam", "no", 2, max_grad_norm=0.05, schedule=schedule)
+    ref, ref_opt, _ = reference("xsam", 2, max_grad_norm=0.05, schedule=schedule)
+    assert_same(net, ref)
+    assert opt.cheap_updates == ref_opt.cheap_updates == 2
+    assert calls["grad"] == 2 * 4 + 1 * 4  # full updates: two passes; cheap steps: one
 
 
 def test_sam_update_refuses_what_would_skip_batches():

@@ -90,7 +90,9 @@ def finish_update(
     at the current (perturbed) weights, accumulating into ``.grad`` the same way the clean pass
     did. ``probe_loss()`` returns the loss over the same micro-batches and is called under
     ``torch.no_grad()`` (XSAM's α probes; never for SAM). ``clip(base_optimizer)`` clips ``d``.
-    Returns whether the update was applied. If anything raises, the update is abandoned (θ₀,
+    When the optimizer's perturbation schedule makes this step a cheap one (``perturb_due``
+    false), the base optimizer steps with the clean gradient alone (clipped likewise) and
+    nothing else runs. Returns whether the update was applied. If anything raises, the update is abandoned (θ₀,
     statistics and gradients back) and the error re-raised."""
 
     def probe() -> Tensor:
@@ -99,6 +101,9 @@ def finish_update(
 
     scaler = enabled(scaler)
     try:
+        if not opt.perturb_due:  # a cheap step of the optimizer's schedule: the clean gradient
+            with clip_direction(opt, clip):
+                return opt.descent_step(scaler=scaler)
         for _ in range(opt.steps):
             opt.ascent_step()
             with opt.perturbed_pass():
