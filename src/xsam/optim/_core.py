@@ -42,7 +42,15 @@ from ._args import (
     describe_param,
     split_base_kwargs,
 )
-from ._vec import ReduceFn, acc_dtype, global_dots, global_norm, global_sq_sums
+from ._vec import (
+    ReduceFn,
+    acc_dtype,
+    add_scaled_,
+    global_dots,
+    global_norm,
+    global_sq_sums,
+    precise_sq_sums,
+)
 from .schedule import PerturbationSchedule
 
 EPS = 1e-12
@@ -83,6 +91,10 @@ class _Update:
     # the clean gradient g₀ (θ coordinates), kept for the schedule's reuse (LookSAM); its
     # buffers become the reused unit vector when the update completes
     g0: list[Tensor] | None = None
+    # set by _pass_flags when d is not g_k: ‖g_k‖² in float64 (precise_sq_sums); and by a
+    # strategy's _descent when its own bound proves d finite (no norm of d needed then)
+    gk_sq: Tensor | None = None
+    d_finite: bool = False
 
 
 class SAMFamily(Optimizer):
@@ -446,6 +458,14 @@ class SAMFamily(Optimizer):
         u.finite.append(torch.isfinite(norm))
         u.grad_norms.append(norm)
         inv = (norm + EPS).reciprocal()
+        if isinstance(u.rho, float) and u.scale is None:
+            add_scaled_(u.params, grads, inv * u.rho)  # θ += (ρ/k)·g/(‖g‖+ε), one pass
+        else:
+            self._ascend_scaled(u, grads, inv)
+        self._clear_grads()
+
+    def _ascend_scaled(self, u: _Update, grads: list[Tensor], inv: Tensor) -> None:
+        """The ascent step with per-group ρ or in ASAM's coordinates (``grads`` is scratch)."""
         if isinstance(u.rho, float):
             inv = inv * u.rho
         torch._foreach_mul_(grads, inv)
@@ -454,7 +474,6 @@ class SAMFamily(Optimizer):
         if u.scale is not None:
             torch._foreach_mul_(grads, u.scale)  # back to θ coordinates: δθ = T·δθ̃
         torch._foreach_add_(u.params, grads)
-        self._clear_grads()
 
     @torch.no_grad()
     def descent_direction(self, loss_fn: Callable[[], Any] | None = None) -> bool:
@@ -516,15 +535,19 @@ class SAMFamily(Optimizer):
         if self._dist.averages_direction and not self._direction_is_gk():
             # local perturbation: mean of per-rank d_r over one rank-independent list
             u.present = self._dist.average_(grads, u.ever)
-        if not self._direction_is_gk():
+        proven = u.d_finite and not self._dist.averages_direction
+        if not self._direction_is_gk() and not proven:
             d_sq = global_sq_sums([grads], u.dtype, self._reduce)[0]
             flags.append(torch.isfinite(d_sq))
         return self._agree(flags) and ok_descent
 
     def _pass_flags(self, u: _Update, grads: list[Tensor]) -> list[Tensor]:
         flags = list(u.finite) + [torch.isfinite(t).all() for t in u.losses]
-        gk_sq = global_sq_sums([grads], u.dtype, self._reduce)[0]
-        flags.append(torch.isfinite(gk_sq))
+        if self._direction_is_gk():
+            gk_sq = global_sq_sums([grads], u.dtype, self._reduce)[0]
+        else:  # the strategy's angle needs ‖g_k‖² precisely; finiteness as in u.dtype
+            gk_sq = u.gk_sq = precise_sq_sums([grads], u.dtype, self._reduce)[0]
+        flags.append(torch.isfinite(gk_sq.to(u.dtype)))
         self._last = {"g0_norm": u.grad_norms[0], "gk_norm": gk_sq.sqrt()}
         return flags
 

@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 from ..policies import frozen_norm_stats
 from ._args import FAMILY_KEYWORDS, as_real, check_number
 from ._core import EPS, SAMFamily, _as_tensor, _Update
-from ._vec import global_norm, global_sq_sums
+from ._vec import add_scaled_, precise_sq_sums
 from .schedule import PerturbationSchedule
 
 __all__ = ["XSAM", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]
@@ -263,36 +263,28 @@ class XSAM(SAMFamily):
         if not search and not self._auto and self._alpha == 1.0:
             return True  # k-step SAM: d = g_k exactly
         P, T = u.params, u.scale  # notation follows the paper; P doubles as scratch space
-        torch._foreach_sub_(P, u.theta0)  # θ_k − θ₀
+        torch._foreach_sub_(P, u.theta0)  # δ = θ_k − θ₀
         if T is not None:  # into ASAM coordinates: δ̃ = δ/T, g̃ = T·g
             torch._foreach_div_(P, T)
             torch._foreach_mul_(grads, T)
-        norms = global_sq_sums([P, grads], u.dtype, self._reduce).sqrt()
-        n0, n1 = norms[0], norms[1]
-        torch._foreach_mul_(P, (n0 + EPS).reciprocal())  # v₀
-        torch._foreach_mul_(grads, (n1 + EPS).reciprocal())  # v₁
-        # ψ = 2·atan2(‖v₀−v₁‖, ‖v₀+v₁‖): arccos(⟨v₀,v₁⟩) without its loss of precision near
-        # 0 and π, and without a dot-product kernel (P is turned into v₀∓v₁ and back).
-        torch._foreach_sub_(P, grads)
-        n_minus = global_norm(P, u.dtype, self._reduce)
-        torch._foreach_add_(P, grads, alpha=2.0)
-        n_plus = global_norm(P, u.dtype, self._reduce)
-        torch._foreach_sub_(P, grads)
-        psi = 2.0 * torch.atan2(n_minus, n_plus)
-        # both vectors zero (zero gradients): ψ = arccos(0) = π/2 as in the specification
-        psi = torch.where((n_minus == 0) & (n_plus == 0), torch.full_like(psi, math.pi / 2), psi)
+        ang = _Angle.measure(P, grads, u, self._reduce, adaptive=T is not None)
         if search:
-            found = self._search(u, grads, float(psi), loss_fn)
+            ang.unit_vectors(P, grads)  # P = v₀, grads = v₁
+            found = self._search(u, grads, ang.psi, loss_fn)
             if found is None:
                 return False  # a non-finite probe: the whole update is skipped
             self._alpha = found
-        a, b = slerp_coefficients(self._alpha, psi)
-        torch._foreach_mul_(P, n1 * a)
-        torch._foreach_mul_(grads, n1 * b)
-        torch._foreach_add_(grads, P)  # d̃ = ‖g_k‖·v(α)
+        a, b = slerp_coefficients(self._alpha, ang.psi)
+        k0, k1 = ang.direction_coefficients(a, b)
+        torch._foreach_mul_(grads, k1)
+        add_scaled_(grads, P, k0)  # d̃ = ‖g_k‖·v(α) = k₀·P + k₁·g̃
         if T is not None:
             torch._foreach_div_(grads, T)
-        self._last.update({"psi": psi, "alpha": self._alpha, "ascent_norm": n0})
+        elif type(self)._descent is XSAM._descent:  # (a subclass may change d afterwards)
+            # |dᵢ| ≤ |k₀|·‖P‖ + |k₁|·‖g‖: when that is safely finite, d needs no norm
+            u.d_finite = ang.bounded(k0, k1, P)
+        psi = torch.tensor(ang.psi, dtype=torch.float64)
+        self._last.update({"psi": psi, "alpha": self._alpha, "ascent_norm": ang.n0})
         return True
 
     @torch.no_grad()
@@ -338,3 +330,75 @@ class XSAM(SAMFamily):
             return None
         self._searched_now = True
         return self.alpha_grid[int(torch.argmax(values))]  # first maximum = smallest α
+
+
+class _Angle:
+    """The angle ψ between v₀ = δ/(‖δ‖+ε) and v₁ = g/(‖g‖+ε), from sums of squares.
+
+    ``measure`` turns ``P`` (holding δ) into ``r₀·(v₀ + σ·v₁)``, ``r₀ = ‖δ‖+ε``: one pass for
+    ``P −= c·g`` with ``c = r₀/r₁`` (σ = −1) and one norm, against the three formations and
+    un-formations of v₀∓v₁ the direct ``2·atan2(‖v₀−v₁‖, ‖v₀+v₁‖)`` takes. Then
+    ``h₋ = ‖v₀−v₁‖²`` comes from that formed difference (as precise as the direct form near
+    ψ = 0) and ``h₊ = ‖v₀+v₁‖² = 2‖v₀‖² + 2‖v₁‖² − h₋`` from the precise sums of squares
+    (:func:`precise_sq_sums`), which is well conditioned while ``h₊ ≥ 1`` (ψ ≤ 2π/3). Past
+    that, towards π, ``v₀+v₁`` is formed as well (σ = +1) and ``h₊`` is its norm, as in the
+    direct form. ψ = 2·atan2(√h₋, √h₊); π/2 when both vanish (zero gradients)."""
+
+    def __init__(self, s00: float, s11: float, h_minus: float, h_plus: float, sigma: float):
+        self.r0 = math.sqrt(max(s00, 0.0)) + EPS
+        self.r1 = math.sqrt(max(s11, 0.0)) + EPS
+        self.n0 = torch.tensor(math.sqrt(max(s00, 0.0)), dtype=torch.float64)
+        self.n1 = math.sqrt(max(s11, 0.0))
+        self.sigma = sigma
+        self.h_minus, self.h_plus = h_minus, h_plus
+        if h_minus == 0 and h_plus == 0:
+            self.psi = math.pi / 2
+        else:
+            self.psi = 2.0 * math.atan2(math.sqrt(max(h_minus, 0.0)), math.sqrt(max(h_plus, 0.0)))
+        self.finite = all(math.isfinite(x) for x in (s00, s11, h_minus, h_plus))
+        self.p_norm = self.r0 * math.sqrt(max(h_plus if sigma > 0 else h_minus, 0.0))  # ‖P‖
+
+    @classmethod
+    def measure(
+        cls, P: list[Tensor], g: list[Tensor], u: _Update, reduce: Any, *, adaptive: bool
+    ) -> _Angle:
+        if u.gk_sq is not None and not adaptive:
+            s00 = precise_sq_sums([P], u.dtype, reduce)[0]
+            s11 = u.gk_sq
+        else:
+            s00, s11 = precise_sq_sums([P, g], u.dtype, reduce)
+        r0, r1 = s00.sqrt() + EPS, s11.sqrt() + EPS
+        add_scaled_(P, g, -(r0 / r1))  # P = r₀·(v₀ − v₁)
+        d_minus = precise_sq_sums([P], u.dtype, reduce)[0]
+        s00_, s11_, dm = torch.stack([s00, s11.to(s00.device), d_minus]).tolist()
+        r0_ = math.sqrt(max(s00_, 0.0)) + EPS
+        h_minus = dm / r0_**2
+        h_plus = 2.0 * s00_ / r0_**2 + 2.0 * s11_ / (math.sqrt(max(s11_, 0.0)) + EPS) ** 2
+        h_plus -= h_minus
+        if not h_plus >= 1.0:  # ψ > 2π/3 (or not finite): form v₀ + v₁ as well
+            add_scaled_(P, g, 2.0 * (r0 / r1))  # P = r₀·(v₀ + v₁)
+            h_plus = float(precise_sq_sums([P], u.dtype, reduce)[0]) / r0_**2
+            return cls(s00_, s11_, h_minus, h_plus, 1.0)
+        return cls(s00_, s11_, h_minus, h_plus, -1.0)
+
+    def direction_coefficients(self, a: float, b: float) -> tuple[float, float]:
+        """(k₀, k₁) with ‖g‖·(a·v₀ + b·v₁) = k₀·P + k₁·g, P = r₀·(v₀ + σ·v₁)."""
+        return self.n1 * a / self.r0, self.n1 * (b - self.sigma * a) / self.r1
+
+    def unit_vectors(self, P: list[Tensor], g: list[Tensor]) -> None:
+        """P, g → v₀, v₁ (the α search probes along them)."""
+        torch._foreach_mul_(g, 1.0 / self.r1)
+        torch._foreach_mul_(P, 1.0 / self.r0)
+        add_scaled_(P, g, -self.sigma)
+        self.sigma, self.r0, self.r1, self.p_norm = 0.0, 1.0, 1.0, 1.0  # ‖v₀‖ ≤ 1
+
+    def bounded(self, k0: float, k1: float, P: list[Tensor]) -> bool:
+        """Whether every |dᵢ| ≤ |k₀|·‖P‖ + |k₁|·‖g‖ lies safely inside the parameters' range
+        and ‖d‖² inside the accumulation type's, which proves d finite without a norm of d."""
+        if not (self.finite and math.isfinite(k0) and math.isfinite(k1)):
+            return False
+        bound = abs(k0) * self.p_norm + abs(k1) * self.n1
+        dtypes = {t.dtype for t in P}
+        limit = min(torch.finfo(dt).max for dt in dtypes)
+        acc = torch.finfo(torch.float64 if torch.float64 in dtypes else torch.float32).max
+        return bound < 0.25 * min(limit, math.sqrt(acc))
