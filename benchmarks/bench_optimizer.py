@@ -11,6 +11,11 @@ Measures, side by side in one run (DESIGN.md, "The bar"):
    (benchmarks/plain_xsam.py) on the ResNet-18 parameter list (62 tensors, 11.2M parameters)
    and on smaller lists. Target: xsam ≥ 3× faster. The two are first checked to give the same
    ``d`` to float tolerance.
+2b. optimizer-only time against a memory-bandwidth floor measured in the same run (a plain
+   copy between parameter-sized buffers): SGD's base step, SAM and XSAM (ascent_step +
+   descent_direction) and a cheap step of ``PerturbationSchedule(every=2, reuse=0.7)``, each
+   as time / floor (``optbench/floor.py`` counts the passes); ``--baseline-src`` times another
+   checkout's package side by side (before/after a change); ``--floor-only`` runs this alone.
 3. memory: bytes the optimizer keeps beyond the base optimizer's state, relative to the
    parameter bytes (target ≤ 1 parameter-sized buffer), and the transient peak of one update
    (CPU: from the profiler's allocation events; CUDA: ``torch.cuda.max_memory_allocated``).
@@ -62,6 +67,7 @@ from typing import Any
 
 import torch
 from optbench.config import BASE_KW, FIXED_ALPHA, RHO, TARGETS
+from optbench.floor import bench_floor, load_baseline
 from optbench.machine import loadavg, machine_info
 from optbench.measure import Schedule, log
 from optbench.memory import bench_memory
@@ -128,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="time the search update in every n-th round only (default 4; quick 1)",
     )
+    ap.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="run only the optimizer-only time against the copy floor (section 2b)",
+    )
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="the src/ folder of another checkout: its SAM, XSAM and cheap step are timed "
+        "beside this one's in section 2b (e.g. a git worktree of the previous commit)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default results/...)")
     return ap
@@ -148,10 +166,15 @@ class Plan:
     alpha_every: int
     seed: int
     out: Path
+    floor_only: bool = False
+    baseline_src: Path | None = None
 
     def share(self, section: str) -> float:
         """Seconds of the budget for a timing section (the rest: parity and memory)."""
-        return {"opt": 0.12, "small_cnn": 0.25, "resnet20": 0.55}[section] * self.budget_s
+        if self.floor_only:
+            return {"floor": 0.9}.get(section, 0.0) * self.budget_s
+        shares = {"opt": 0.12, "floor": 0.1, "small_cnn": 0.23, "resnet20": 0.47}
+        return shares[section] * self.budget_s
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -174,6 +197,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         seed=args.seed,
         out=args.out
         or Path(__file__).resolve().parent / "results" / f"optimizer_{device.type}.json",
+        floor_only=args.floor_only,
+        baseline_src=args.baseline_src,
     )
 
 
@@ -206,6 +231,20 @@ def run_opt_only(plan: Plan) -> list[dict[str, Any]]:
     return results
 
 
+def run_floor(plan: Plan) -> list[dict[str, Any]]:
+    baseline = load_baseline(plan.baseline_src) if plan.baseline_src else None
+    results = []
+    for name, in_ch, factor, weight in OPT_ONLY_SETS:
+        schedule = Schedule(
+            rounds=plan.rounds["optimizer_only"] * factor,
+            warmup=plan.warmup_opt,
+            min_rounds=plan.min_rounds,
+            budget_s=plan.share("floor") * weight,
+        )
+        results.append(bench_floor(name, in_ch, schedule, plan.device, plan.seed, baseline))
+    return results
+
+
 def run_updates(plan: Plan) -> list[dict[str, Any]]:
     results = []
     for name, in_ch, size in UPDATE_MODELS:
@@ -232,11 +271,17 @@ def run_updates(plan: Plan) -> list[dict[str, Any]]:
 
 
 def run_sections(plan: Plan, res: dict[str, Any]) -> None:
-    """The four measurements, in order, each into its key of ``res``."""
+    """The measurements, in order, each into its key of ``res``."""
+    if plan.floor_only:
+        log("optimizer-only time against the copy floor ...")
+        res["floor"] = run_floor(plan)
+        return
     log("parity check: xsam.XSAM vs PlainXSAM ...")
     res["parity"] = check_parity(plan.device, plan.seed, plan.quick)
     log("optimizer-only timing ...")
     res["opt_only"] = run_opt_only(plan)
+    log("optimizer-only time against the copy floor ...")
+    res["floor"] = run_floor(plan)
     log("memory ...")
     res["memory"] = bench_memory("resnet18", 3, plan.device, plan.seed)
     log("whole-update timing ...")
@@ -245,6 +290,8 @@ def run_sections(plan: Plan, res: dict[str, Any]) -> None:
 
 def summary(res: dict[str, Any]) -> dict[str, bool]:
     """Met / not met per target, over every model or parameter set it applies to."""
+    if "updates" not in res:  # --floor-only
+        return {}
     updates = res["updates"]
     return {
         "update_ratio_met": all(u["met_update"] for u in updates),

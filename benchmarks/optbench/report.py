@@ -7,6 +7,7 @@ from typing import Any
 import xsam
 
 from .config import MEMORY_OPTIMIZERS, UPDATE_VARIANTS
+from .floor import LABELS as FLOOR_LABELS
 
 Lines = list[str]
 
@@ -178,6 +179,64 @@ def opt_only_section(res: dict[str, Any]) -> Lines:
     return L
 
 
+def floor_section(res: dict[str, Any]) -> Lines:
+    """Section 2b: optimizer-only time per update against the copy floor."""
+    if "floor" not in res:
+        return []
+    L = [
+        "### 2b. Optimizer-only time against the memory-bandwidth floor (same run)",
+        "",
+        "Floor = streams / 2 × the median time of a plain copy between parameter-sized "
+        "buffers (rotating over 4, so no pass is served from cache); a stream is one read or "
+        "one write of a parameter-sized vector (`optbench/floor.py` lists them). "
+        "time / floor: median of per-round ratios (95% interval).",
+        "",
+        "| param set | copy (GB/s) | update | streams | median ms | floor ms | time / floor "
+        "| before / now |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for f in res["floor"]:
+        head = f"| {f['param_set']} ({f['n_params']:,}) | {f['copy_s'] * 1e3:.2f} ms "
+        head += f"({f['copy_GBps']:.0f}) "
+        for kind, row in f["rows"].items():
+            base = kind.removeprefix("before_")
+            name = FLOOR_LABELS[base] + (" — before" if kind != base else "")
+            lo, hi = row["over_floor_ci95"]
+            speed = ""
+            if "speedup_now" in row:
+                slo, shi = row["speedup_now_ci95"]
+                speed = f"{row['speedup_now']:.2f}× ({slo:.2f}–{shi:.2f})"
+            L.append(
+                f"{head}| {name} | {f['streams'][base]} | {row['median_s'] * 1e3:.2f} "
+                f"| {row['floor_s'] * 1e3:.2f} | {row['over_floor']:.2f} ({lo:.2f}–{hi:.2f}) "
+                f"| {speed} |"
+            )
+            head = "| | "
+    return L
+
+
+def fraction_section(res: dict[str, Any]) -> Lines:
+    """Share of a whole update spent in the optimizer's own calls (section 1's runs)."""
+    if "updates" not in res:
+        return []
+    L = [
+        "Share of a whole update spent outside forward/backward (the optimizer's own calls: "
+        "`opt.step()` for SGD, `ascent_step` + `descent_direction` for SAM and XSAM; the "
+        "base step of SAM/XSAM, about SGD's, is not in it), medians:",
+        "",
+        "| model | SGD | SAM k=1 | XSAM α=0.5 | XSAM auto |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for u in res["updates"]:
+        inner, med = u["optimizer_time_in_update_s"], u["median_s"]
+        cells = [
+            f"{inner[k] * 1e3:.2f} ms = {100 * inner[k] / med[k]:.1f}%" if k in inner else "—"
+            for k in ("sgd", "sam", "xsam_fixed", "xsam_auto")
+        ]
+        L.append(f"| {u['model']} | " + " | ".join(cells) + " |")
+    return L
+
+
 def memory_section(res: dict[str, Any]) -> Lines:
     """Section 3: kept state and transient peak per optimizer."""
     mem = res["memory"]
@@ -204,12 +263,16 @@ def memory_section(res: dict[str, Any]) -> Lines:
 
 def render(res: dict[str, Any]) -> str:
     """The whole report: header, then the sections, separated by blank lines."""
+    if "updates" not in res:  # --floor-only
+        return "\n\n".join("\n".join(p) for p in (header(res), floor_section(res)))
     parts = [
         header(res),
         update_times_table(res),
         update_ratios_table(res),
         decomposed_table(res),
+        fraction_section(res),
         opt_only_section(res),
+        floor_section(res),
         memory_section(res),
     ]
-    return "\n\n".join("\n".join(p) for p in parts)
+    return "\n\n".join("\n".join(p) for p in parts if p)

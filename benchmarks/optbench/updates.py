@@ -84,7 +84,8 @@ def instrument(opt: Any, device: torch.device) -> list[float]:
     forward/backward passes identical between SAM and XSAM, this isolates XSAM's extra work
     from the noise of the passes."""
     acc: list[float] = []
-    for name in ("ascent_step", "descent_direction"):
+    names = ("ascent_step", "descent_direction") if isinstance(opt, xsam.SAMFamily) else ("step",)
+    for name in names:
         method = getattr(opt, name)
 
         def wrapped(*a: Any, _m: Any = method, **k: Any) -> Any:
@@ -134,7 +135,7 @@ def time_rounds(
 ) -> UpdateTimes:
     """Interleaved rounds: each runs every variant once, in a fresh random order; the search
     update only in every ``search_every``-th timed round."""
-    probes = {k: instrument(o, device) for k, (o, _) in runs.items() if k != "sgd"}
+    probes = {k: instrument(o, device) for k, (o, _) in runs.items()}
     rec = UpdateTimes({k: [] for k in runs}, {k: [] for k in probes})
     rng = random.Random(seed)
     for r in interleaved_rounds(schedule, label):
