@@ -5,6 +5,7 @@ probes run), with gradient clipping, and fp16 with a GradScaler on the CPU."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -20,6 +21,16 @@ from xsam.integrations.lightning import SAMModule  # noqa: E402
 N_BATCHES, BATCH = 8, 4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is several times faster than two contending ones, and the
+    numbers compared are computed in the same process either way. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(N_BATCHES * BATCH, 6, generator=g)
@@ -32,7 +43,13 @@ def make_net() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
 
 
+SCHEDULE = None  # set by the schedule test: a perturbation schedule for every optimizer made
+
+
 def make_opt(kind: str, net: nn.Module, model: nn.Module) -> xsam.SAMFamily:
+    if SCHEDULE is not None:
+        return xsam.XSAM(net.parameters(), torch.optim.SGD, rho=0.1, alpha="auto", model=model,
+                         alpha_grid=(0.0, 1.0, 2.0), schedule=SCHEDULE, lr=0.1)  # fmt: skip
     if kind == "sam":
         return xsam.SAM(
             net.parameters(), torch.optim.SGD, rho=0.1, model=model, lr=0.1, momentum=0.9
@@ -98,8 +115,9 @@ def reference(kind: str, accum: int, dtype=None, clip=None, scaler=None):
     for start in range(0, len(batches), accum):
         window = batches[start : start + accum]
         calls = []
+        passes = opt.steps + 1 if opt.perturb_due else 1  # a schedule's cheap step: one pass
 
-        def closure(window=window, calls=calls):
+        def closure(window=window, calls=calls, passes=passes):
             total = 0.0
             for x, y in window:
                 with torch.autocast(
@@ -114,7 +132,7 @@ def reference(kind: str, accum: int, dtype=None, clip=None, scaler=None):
                 total = total + loss
             if torch.is_grad_enabled():
                 calls.append(1)
-                if clip is not None and len(calls) == opt.steps + 1:
+                if clip is not None and len(calls) == passes:
                     if clip[1] == "norm":
                         torch.nn.utils.clip_grad_norm_(net.parameters(), clip[0])
                     else:
@@ -164,7 +182,12 @@ def test_lightning_equals_closure_reference(kind, precision, accum):
 
 
 @pytest.mark.parametrize(
-    "kind,algorithm,value", [("xsam", "norm", 0.05), ("sam", "value", 0.01), ("sam", "norm", 0.05)]
+    "kind,algorithm,value",
+    [
+        ("xsam", "norm", 0.05),
+        ("sam", "value", 0.01),
+        ("sam", "norm", 0.05),
+    ],
 )
 def test_lightning_gradient_clipping_acts_on_d(kind, algorithm, value):
     module = fit(kind, "32-true", 2, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
@@ -173,6 +196,16 @@ def test_lightning_gradient_clipping_acts_on_d(kind, algorithm, value):
     assert_same(module, ref_net, atol=1e-6)
     diff = max((a - b).abs().max() for a, b in zip(ref_net.parameters(), unclipped.parameters()))
     assert diff > 1e-3  # the clipping was active
+
+
+def test_lightning_follows_the_perturbation_schedule(monkeypatch):
+    """Cheap steps (the clean gradient alone, clipped likewise) between full updates."""
+    monkeypatch.setattr(sys.modules[__name__], "SCHEDULE", xsam.PerturbationSchedule(every=2))
+    module = fit("xsam", "32-true", 2, gradient_clip_val=0.05)
+    ref_net, ref_opt, _ = reference("xsam", 2, clip=(0.05, "norm"))
+    assert_same(module, ref_net, atol=1e-6)
+    assert module.opt.cheap_updates == ref_opt.cheap_updates == 2
+    assert module.backwards == 2 * 4 + 1 * 4  # full updates: two passes; cheap steps: one
 
 
 def test_lightning_fp16_gradscaler_on_cpu():
