@@ -6,6 +6,7 @@ and both ways of asking for the optimizer (optimizers= and sam=)."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -200,3 +201,72 @@ def test_trainer_refuses_a_plain_optimizer(tmp_path):
         trainer.train()
     with pytest.raises(ValueError, match="sam must be None"):
         SAMTrainer(model=model, args=args, sam="adam")
+
+
+# ---------------------------------------------------------------------------- two processes
+def _ddp_worker(out: str) -> None:
+    """Run by torchrun (2 CPU processes, gloo): SAMTrainer with XSAM (α searched) under
+    Accelerate's DDP; rank 0 saves the final weights, every rank its own checksum."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    model = make_model()
+    args = transformers.TrainingArguments(
+        output_dir=out, per_device_train_batch_size=BATCH, num_train_epochs=1, use_cpu=True,
+        lr_scheduler_type="constant", save_strategy="no", report_to=[], disable_tqdm=True,
+        ddp_backend="gloo", learning_rate=0.5, optim="sgd", max_grad_norm=0.0,
+    )  # fmt: skip
+    trainer = Sequential(
+        model=model, args=args, train_dataset=dataset(), optimizers=(make_opt("xsam", model), None)
+    )
+    trainer.train()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    rank = dist.get_rank()
+    # the Trainer's convention: with loss kwargs it multiplies each rank's loss by the number of
+    # processes (it expects the model to have divided by the global token count)
+    scale = 2 if args.average_tokens_across_devices and trainer.model_accepts_loss_kwargs else 1
+    record = {"flat": flat, "updates": trainer.sam_optimizer.updates, "scale": scale}
+    torch.save(record, f"{out}/rank{rank}.pt")
+    if rank == 0:
+        torch.save(model.state_dict(), f"{out}/weights.pt")
+
+
+@pytest.mark.slow
+def test_trainer_ddp_two_processes_equals_one_process_on_the_global_batch(tmp_path):
+    """Under DDP every backward is all-reduced (the mean of the per-rank gradients) and the α
+    probes' losses are averaged over the ranks, so the update equals one process on the
+    concatenated batch (rank r takes micro-batches r, r + 2, ...), and the replicas agree."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", __file__,
+           str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.equal(ranks[0]["flat"], ranks[1]["flat"])  # replicas identical
+    assert ranks[0]["updates"] == N // (2 * BATCH)
+    # one process, global batches of 2 * BATCH consecutive examples, the Trainer's loss scale
+    model = make_model()
+    opt = make_opt("xsam", model)
+    scale = ranks[0]["scale"]
+    data = dataset()
+    for start in range(0, N, 2 * BATCH):
+        ids = torch.stack([e["input_ids"] for e in data[start : start + 2 * BATCH]])
+        labels = torch.stack([e["labels"] for e in data[start : start + 2 * BATCH]])
+
+        def closure(ids=ids, labels=labels):
+            loss = model(input_ids=ids, labels=labels).loss * scale
+            if torch.is_grad_enabled():
+                loss.backward()
+            return loss
+
+        opt.step(closure)
+    got = torch.load(tmp_path / "weights.pt")
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.detach(), atol=1e-6, rtol=0, msg=name)
+
+
+if __name__ == "__main__":  # the torchrun worker of the test above
+    _ddp_worker(sys.argv[1])
