@@ -156,7 +156,10 @@ def test_missing_or_inconsistent_files_name_the_problem(
         load_dataset("mnist", root=tmp_path)
     msg = str(e.value)
     assert msg.startswith(f"mnist: no train-images-idx3-ubyte[.gz] found in: {tmp_path}, ")
-    assert str(tmp_path / "MNIST" / "raw") in msg and "XSAM_DATA" in msg and "\n" not in msg
+    assert str(tmp_path / "MNIST" / "raw") in msg and "\n" not in msg
+    # the user chose the folder: the message says what it should hold, not to pass a folder
+    assert f"check that --data-dir (root=) {tmp_path} holds the mnist files" in msg
+    assert "XSAM_DATA" not in msg
     with pytest.raises(DataError, match="no 'test_batch' file found in: nowhere"):
         load_dataset("cifar10")
     with pytest.raises(DataError, match="unknown data set 'svhn'; accepted: fashion-mnist-sample"):
