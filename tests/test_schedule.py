@@ -482,3 +482,43 @@ def test_cli_flags_reach_the_config():
         ["train", "--perturb-every", "4", "--perturb-reuse", "0.7", "--perturb-start", "0.5"]
     )
     assert (ns.perturb_every, ns.perturb_reuse, ns.perturb_start) == ("4", "0.7", "0.5")
+
+
+def test_descent_direction_alone_finishes_the_update_like_descent_step():
+    """A loop that steps the base optimizer itself (e.g. to clip d first) keeps the counters,
+    the α search schedule and the perturbation schedule moving, and trains exactly like
+    descent_step."""
+    model, twin = net(bn=True), net(bn=True)
+    kw = dict(alpha_every=3, schedule=Sched(every=2, reuse=0.5))
+    a, b = make("XSAM", model, **kw), make("XSAM", twin, **kw)
+    due = []
+    for i in range(6):
+        x, y = data(100 + i)
+        due.append(a.search_due)
+        if a.perturb_due:  # full: descent_direction, then the base step by hand
+            a.zero_grad()
+            with a.clean_pass():
+                F.cross_entropy(model(x), y).backward()
+            a.ascent_step()
+            with a.perturbed_pass():
+                F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():
+                probe = lambda x=x, y=y: F.cross_entropy(model(x), y)  # noqa: E731
+                assert a.descent_direction(probe)
+            a.base_optimizer.step()
+        else:
+            lower_level_step(model, a, x, y)
+        lower_level_step(twin, b, x, y)
+        assert torch.equal(flat(model), flat(twin)), i
+    assert (
+        (a.updates, a.cheap_updates, a.step_index)
+        == (6, 3, 6)
+        == (
+            b.updates,
+            b.cheap_updates,
+            b.step_index,
+        )
+    )
+    # full updates at steps 0, 2, 4; alpha_every=3 counts them: due again after the third
+    # (shown before step 5, a cheap step, so the search waits for the next full update)
+    assert due == [True, False, False, False, False, True]

@@ -485,7 +485,19 @@ class SAMFamily(Optimizer):
         restored, ``.grad`` holds NaN (a GradScaler's ``step`` then skips and its ``update``
         lowers the scale) and the base optimizer must not step — :meth:`descent_step` does all
         this for you. Parameters outside the update (no gradient in the clean pass; under DDP,
-        none on any rank) end with ``.grad = None``, so the base optimizer leaves them alone."""
+        none on any rank) end with ``.grad = None``, so the base optimizer leaves them alone.
+
+        The update is then finished for this optimizer's bookkeeping, as :meth:`descent_step`
+        would: counters, the α search schedule and the perturbation schedule move on, and a
+        skipped update puts the normalisation statistics back. Step the base optimizer yourself
+        (only when this returned ``True``), e.g. after clipping ``d``."""
+        ok = self._descent_direction(loss_fn)
+        self._finish(ok)
+        return ok
+
+    def _descent_direction(self, loss_fn: Callable[[], Any] | None) -> bool:
+        """:meth:`descent_direction` without the bookkeeping (its callers finish the update
+        after the base step)."""
         u = self._update
         if u is None or u.ascents != self.steps:
             done = 0 if u is None else u.ascents
@@ -635,7 +647,7 @@ class SAMFamily(Optimizer):
         base optimizer with the clean gradient (plus the schedule's reuse term)."""
         if self._update is None and not self.perturb_due:
             return self._plain_step(None, cheap=True, scaler=scaler)
-        ok = self.descent_direction(loss_fn)
+        ok = self._descent_direction(loss_fn)
         self._base_step(ok, scaler)
         self._finish(ok)
         return ok
@@ -722,7 +734,7 @@ class SAMFamily(Optimizer):
                 with self.perturbed_pass():
                     u.losses.append(_as_tensor(grad_closure()))
             loss_fn = self._probe_fn(closure) if self._needs_loss_fn() else None
-            ok = self.descent_direction(loss_fn)
+            ok = self._descent_direction(loss_fn)
             self._base_step(ok, None)
             self._finish(ok)
             return _detached(loss)
