@@ -530,10 +530,11 @@ class SAMFamily(Optimizer):
     def _direction(self, u: _Update, loss_fn: Callable[[], Any] | None) -> bool:
         """d into the gradients; whether the update may go ahead (agreed over ranks).
 
-        One host synchronisation in the common case: the finiteness of the passes and of d is
-        decided together after the vector math, which is harmless on non-finite values since
-        θ₀ is restored from its copy and d is discarded. When the α search is due, the passes
-        are checked first, so that a non-finite update never spends |A| forward passes."""
+        The finiteness of the passes and of d is decided together after the vector math (one
+        host synchronisation; harmless on non-finite values since θ₀ is restored from its copy
+        and d is discarded). XSAM reads its sums of squares on the host once more, to take the
+        angle in float64 (see ``xsam._Angle``). When the α search is due, the passes are checked
+        first, so that a non-finite update never spends |A| forward passes."""
         grads = self._grads(u)
         flags = self._pass_flags(u, grads)
         # ρ = 0 everywhere (possible on the lower-level path): d = g_k = g₀, the base step
