@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The label-noise benchmark at other noise levels (issue 11): the fmnist-noise-mlp setup with
+# 60%, 20% and 0% of the training and validation labels flipped. Per level: SAM's and XSAM's ρ
+# chosen by `xsam tune` on the noisy validation split (seed 0; the test set plays no part), then
+# SGD, SAM and XSAM at those radii, seeds 0-4, paired. Results: BENCHMARKS.md, label noise.
+#   sudo apt-get install -y dataset-fashion-mnist      # the full data set, offline
+#   JOBS=2 benchmarks/run_noise_levels.sh              # about 1.5 h per level on 2 CPU cores
+# Resumable: rerun the same command and finished runs are skipped, stopped ones resumed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/noise}
+for NOISE in ${NOISES:-0.6 0.2 0.0}; do
+  TAG=n$($PY -c "print(round($NOISE * 100))")
+  DIR="$OUT/fmnist_mlp_$TAG"
+  COMMON=(--preset fmnist-noise-mlp --label-noise "$NOISE" --quiet --jobs "${JOBS:-1}" --threads 1)
+  $PY -m xsam tune "${COMMON[@]}" --optimizer sam --rhos 0.05,0.1,0.2,0.4 --seeds 0 --out "$DIR/tune_sam"
+  $PY -m xsam tune "${COMMON[@]}" --optimizer xsam --rhos 0.05,0.1,0.2,0.4 --seeds 0 --out "$DIR/tune_xsam"
+  chosen() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["chosen"]["rho"])' "$1/tune.json"; }
+  S=$(chosen "$DIR/tune_sam"); X=$(chosen "$DIR/tune_xsam")
+  echo "$TAG: chosen on validation: sam $S, xsam $X"
+  $PY -m xsam compare "${COMMON[@]}" --seeds 0-4 --out "$DIR/grid" \
+    --optimizers "sgd,sam:rho=$S,xsam:rho=$X" --pairs "sam:rho=$S-sgd,xsam:rho=$X-sgd,xsam:rho=$X-sam:rho=$S"
+done
