@@ -24,12 +24,14 @@ $PY -m xsam compare "${COMMON[@]}" --seeds 0-4 --out "$OUT/grid" --optimizers \
 $PY -m xsam compare "${COMMON[@]}" --seeds 0-4 --out "$OUT/grid2" --optimizers \
   "$X,perturb_every=4,perturb_reuse=0.5,$X,perturb_every=8,perturb_reuse=0.5,$X,perturb_every=2,perturb_reuse=0.5"
 $PY -m xsam compare "${COMMON[@]}" --seeds 0-4 --out "$OUT/grid3" --optimizers "$X,perturb_prob=0.25"
+$PY -m xsam compare "${COMMON[@]}" --seeds 0-4 --out "$OUT/grid4" --optimizers \
+  "$X,perturb_start=0.5,$X,perturb_prob=0.5"
 $PY - "$OUT" <<'PYEOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 runs = []
-for part in ("grid", "grid2", "grid3"):
+for part in ("grid", "grid2", "grid3", "grid4"):
     for r in json.loads((out / part / "compare.json").read_text())["runs"]:
         runs.append({**r, "dir": f"{part}/{r['dir']}"})
 (out / "compare.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
