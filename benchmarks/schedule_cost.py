@@ -1,7 +1,8 @@
 """What a perturbation schedule costs per update, measured side by side.
 
-Times one training update of: SGD (one forward/backward and the base step), the full XSAM
-update (two forward/backward passes, α fixed: the search is priced separately), a cheap step
+Times one training update of: SGD (one forward/backward and the base step), the full SAM
+update (two forward/backward passes), the full XSAM update (two passes, α fixed: the search is
+priced separately), a cheap step
 of a schedule without reuse (one pass and the base step, through the SAM-family wrapper) and a
 cheap step with LookSAM's reuse (one pass, plus ``g + λ‖g‖v``). Rounds are interleaved (every
 round runs each variant once, in a fresh random order) and the figures are medians of
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 import xsam
 from xsam.models import build_model
 
-VARIANTS = ("sgd", "full", "cheap", "cheap_reuse", "search")
+VARIANTS = ("sgd", "sam", "full", "cheap", "cheap_reuse", "search")
 
 
 def _model(name: str, seed: int) -> torch.nn.Module:
@@ -64,6 +65,9 @@ def build_steps(name: str, batch: int, seed: int) -> dict[str, Callable[[], Any]
         sgd.step()
 
     steps["sgd"] = sgd_step
+    m = _model(name, seed)
+    sam = xsam.SAM(m.parameters(), torch.optim.SGD, rho=0.2, model=m, **kw)
+    steps["sam"] = lambda m=m, opt=sam: opt.step(_closure(m, x, y))
     for label, schedule, alpha in (
         ("full", None, 0.5),
         ("cheap", xsam.PerturbationSchedule(prob=0.0), 0.5),
@@ -111,11 +115,13 @@ def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def expected_cost(summary: dict[str, Any], share_full: float, searches_per_update: float,
-                  reuse: bool) -> float:  # fmt: skip
+                  reuse: bool, method: str = "xsam") -> float:  # fmt: skip
     """Cost of a schedule relative to SGD per update, from the measured ratios."""
-    full = summary["full"]["ratio_to_sgd"]
+    full = summary["sam" if method == "sam" else "full"]["ratio_to_sgd"]
     cheap = summary["cheap_reuse" if reuse else "cheap"]["ratio_to_sgd"]
-    search_extra = summary["search"]["ratio_to_sgd"] - full
+    if method == "sam":  # SAM has no α to search
+        return share_full * full + (1 - share_full) * cheap
+    search_extra = summary["search"]["ratio_to_sgd"] - summary["full"]["ratio_to_sgd"]
     return share_full * full + (1 - share_full) * cheap + searches_per_update * search_extra
 
 
@@ -134,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = build_steps(ns.model, ns.batch, ns.seed)
     summary = summarise(measure(steps, ns.rounds, ns.warmup, ns.seed))
     per_epoch = 1.0 / ns.updates_per_epoch
-    rows = [("every step full (XSAM)", 1.0, False)]
-    rows += [(f"every {n}", 1 / n, False) for n in (2, 4, 8)]
-    rows += [(f"every {n} + reuse", 1 / n, True) for n in (2, 4, 8)]
+    rows = [("SAM, every step full", 1.0, False, "sam")]
+    rows += [(f"SAM, every {n} + reuse", 1 / n, True, "sam") for n in (2, 4, 8)]
+    rows += [("XSAM, every step full", 1.0, False, "xsam")]
+    rows += [(f"XSAM, every {n}", 1 / n, False, "xsam") for n in (2, 4, 8)]
+    rows += [(f"XSAM, every {n} + reuse", 1 / n, True, "xsam") for n in (2, 4, 8)]
     print(f"{ns.model}, batch {ns.batch}, {ns.threads} thread(s), {ns.rounds} interleaved rounds")
     print("| update | median ms | ratio to SGD (median, IQR) |\n|---|---:|---:|")
     for k in VARIANTS:
@@ -145,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {k} | {s['median_ms']:.2f} | {s['ratio_to_sgd']:.3f} [{lo:.3f}, {hi:.3f}] |")
     print("\n| schedule | full share | expected cost vs SGD |\n|---|---:|---:|")
     expected = {}
-    for name, share, reuse in rows:
-        expected[name] = expected_cost(summary, share, per_epoch, reuse)
+    for name, share, reuse, method in rows:
+        expected[name] = expected_cost(summary, share, per_epoch, reuse, method)
         print(f"| {name} | {share:.2f} | {expected[name]:.2f} |")
     if ns.json:
         with open(ns.json, "w") as fh:

@@ -67,6 +67,10 @@ def expected_cost(run: dict[str, Any], prices: dict[str, Any] | None) -> float |
     share = run["metrics"][-1]["full_updates"] / updates
     searches = sum(m.get("alpha_searches") or 0 for m in run["metrics"]) / updates
     cheap = ratio["cheap_reuse"] if config.perturb_reuse > 0 else ratio["cheap"]
+    if config.optimizer == "sam":
+        if "sam" not in prices:
+            raise SystemExit("the cost JSON has no price for a SAM update: rerun schedule_cost.py")
+        return share * ratio["sam"] + (1 - share) * cheap  # SAM searches no α
     return (
         share * ratio["full"] + (1 - share) * cheap + searches * (ratio["search"] - ratio["full"])
     )

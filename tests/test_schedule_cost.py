@@ -1,0 +1,70 @@
+"""The perturbation-schedule benchmarks price a run from interleaved per-update times:
+closed forms for SAM and XSAM schedules, and one real (tiny) measurement round."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cost = _load("schedule_cost")
+tradeoff = _load("schedule_tradeoff")
+
+PRICES = {
+    "sgd": 1.0, "sam": 2.1, "full": 2.2, "cheap": 1.04, "cheap_reuse": 1.08, "search": 11.3,
+}  # fmt: skip
+SUMMARY = {k: {"ratio_to_sgd": v} for k, v in PRICES.items()}
+
+
+def _run(tmp_path, optimizer, reuse, full_updates, searches, epochs=3, examples=1000, batch=125):
+    (tmp_path / "run.json").write_text(json.dumps({"train_examples": examples}))
+    config = SimpleNamespace(optimizer=optimizer, batch_size=batch, perturb_reuse=reuse)
+    metrics = [{"alpha_searches": searches, "full_updates": full_updates}] * epochs
+    return {"config": config, "metrics": metrics, "dir": str(tmp_path)}
+
+
+@pytest.mark.parametrize("reuse", [0.0, 0.5])
+def test_a_sam_schedule_is_priced_with_sams_update_and_no_search(tmp_path, reuse):
+    run = _run(tmp_path, "sam", reuse, full_updates=6, searches=1)  # 24 updates, 6 full
+    cheap = PRICES["cheap_reuse" if reuse else "cheap"]
+    expect = 0.25 * PRICES["sam"] + 0.75 * cheap
+    assert tradeoff.expected_cost(run, SUMMARY) == pytest.approx(expect, rel=1e-12)
+    assert cost.expected_cost(SUMMARY, 0.25, 1.0, bool(reuse), "sam") == pytest.approx(expect)
+
+
+def test_an_xsam_schedule_pays_its_searches_on_top_of_full_and_cheap_steps(tmp_path):
+    run = _run(tmp_path, "xsam", 0.5, full_updates=12, searches=1)  # 24 updates, 3 searches
+    expect = 0.5 * 2.2 + 0.5 * 1.08 + (3 / 24) * (11.3 - 2.2)
+    assert tradeoff.expected_cost(run, SUMMARY) == pytest.approx(expect, rel=1e-12)
+    assert cost.expected_cost(SUMMARY, 0.5, 3 / 24, True) == pytest.approx(expect)
+
+
+def test_sgd_costs_one_and_a_price_list_without_sam_is_refused(tmp_path):
+    assert tradeoff.expected_cost(_run(tmp_path, "sgd", 0.0, 0, 0), SUMMARY) == 1.0
+    old = {k: v for k, v in SUMMARY.items() if k != "sam"}
+    with pytest.raises(SystemExit, match="no price for a SAM update"):
+        tradeoff.expected_cost(_run(tmp_path, "sam", 0.0, 24, 0), old)
+
+
+def test_one_measured_round_prices_every_variant_against_sgd():
+    steps = cost.build_steps("mlp", batch=8, seed=0)
+    assert set(steps) == set(cost.VARIANTS)
+    summary = cost.summarise(cost.measure(steps, rounds=2, warmup=1, seed=0))
+    assert summary["sgd"]["ratio_to_sgd"] == 1.0
+    for name in cost.VARIANTS:
+        assert summary[name]["median_ms"] > 0 and summary[name]["ratio_to_sgd"] > 0
