@@ -2,14 +2,17 @@
 
 Times one training update of: SGD (one forward/backward and the base step), the full SAM
 update (two forward/backward passes), the full XSAM update (two passes, α fixed: the search is
-priced separately), a cheap step
-of a schedule without reuse (one pass and the base step, through the SAM-family wrapper) and a
-cheap step with LookSAM's reuse (one pass, plus ``g + λ‖g‖v``). Rounds are interleaved (every
-round runs each variant once, in a fresh random order) and the figures are medians of
-per-round ratios to SGD, so a noisy shared machine hits both sides of a ratio alike.
+priced separately), a cheap step of a schedule without reuse (one pass and the base step,
+through the SAM-family wrapper) and a cheap step with LookSAM's reuse (one pass, plus
+``g + λ‖g‖v``). Rounds are interleaved (every round runs each variant once, in a fresh random
+order) and the figures are medians of per-round ratios to SGD, so a noisy shared machine hits
+both sides of a ratio alike.
 
-From those, the expected cost of a schedule over a run of ``U`` updates with ``F`` full ones is
-``(F·t_full + (U − F)·t_cheap + searches·t_search) / (U·t_sgd)``. Usage::
+The expected cost of a schedule whose run has a share ``f`` of full updates and ``s`` α
+searches per update is, per round, ``(f − s)·full + s·search + (1 − f)·cheap`` (SAM: ``f·sam +
+(1 − f)·cheap``) in that round's ratios; reported is the median over rounds with a
+distribution-free 95% interval of the median (order statistics). The JSON keeps the per-round
+ratios so that ``schedule_tradeoff.py`` prices each run's own mix the same way. Usage::
 
     python benchmarks/schedule_cost.py                    # the label-noise MLP, 1 thread
     python benchmarks/schedule_cost.py --model mlp --rounds 200 --threads 1 --json out.json
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import time
@@ -100,29 +104,64 @@ def measure(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int, seed:
     return times
 
 
+def median_interval(values: list[float], z: float = 1.96) -> list[float]:
+    """A distribution-free 95% interval of the median: the order statistics of ranks
+    ``⌊n/2 − z√n/2⌋`` and ``⌈1 + n/2 + z√n/2⌉`` (1-based, clamped to the sample)."""
+    v = sorted(values)
+    n = len(v)
+    half = z * math.sqrt(n) / 2
+    lo = max(1, math.floor(n / 2 - half))
+    hi = min(n, math.ceil(1 + n / 2 + half))
+    return [v[lo - 1], v[hi - 1]]
+
+
 def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
+    """Per variant: median time, the median per-round ratio to SGD with its IQR and 95%
+    interval, and the per-round ratios themselves (in round order, for pricing mixes)."""
     base = times["sgd"]
     out: dict[str, Any] = {}
     for k, ts in times.items():
-        ratios = sorted(t / b for t, b in zip(ts, base))
+        per_round = [t / b for t, b in zip(ts, base)]
+        ratios = sorted(per_round)
         q = len(ratios) // 4
         out[k] = {
             "median_ms": 1e3 * statistics.median(ts),
             "ratio_to_sgd": statistics.median(ratios),
             "ratio_iqr": [ratios[q], ratios[-q - 1]],
+            "ratio_ci95": median_interval(per_round),
+            "ratios": per_round,
         }
     return out
+
+
+def update_weights(share_full: float, searches_per_update: float, reuse: bool,
+                   method: str = "xsam") -> dict[str, float]:  # fmt: skip
+    """How many of each measured update one update of a schedule is worth, on average."""
+    cheap = "cheap_reuse" if reuse else "cheap"
+    if method == "sam":  # SAM has no α to search
+        return {"sam": share_full, cheap: 1 - share_full}
+    s = searches_per_update  # an update that searches replaces a plain full one
+    return {"full": share_full - s, "search": s, cheap: 1 - share_full}
+
+
+def price(summary: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
+    """The cost of a mix of updates relative to SGD. With per-round ratios (this script's
+    JSON): the median over rounds of the round's mix, and its 95% interval; otherwise the mix
+    of the median ratios, without an interval."""
+    if all("ratios" in summary[k] for k in weights):
+        rounds = zip(*(summary[k]["ratios"] for k in weights))
+        mixes = [sum(w * r for w, r in zip(weights.values(), rs)) for rs in rounds]
+        lo, hi = median_interval(mixes)
+        return {"median": statistics.median(mixes), "lo": lo, "hi": hi}
+    mix = sum(w * summary[k]["ratio_to_sgd"] for k, w in weights.items())
+    return {"median": mix, "lo": None, "hi": None}
 
 
 def expected_cost(summary: dict[str, Any], share_full: float, searches_per_update: float,
                   reuse: bool, method: str = "xsam") -> float:  # fmt: skip
     """Cost of a schedule relative to SGD per update, from the measured ratios."""
-    full = summary["sam" if method == "sam" else "full"]["ratio_to_sgd"]
-    cheap = summary["cheap_reuse" if reuse else "cheap"]["ratio_to_sgd"]
-    if method == "sam":  # SAM has no α to search
-        return share_full * full + (1 - share_full) * cheap
-    search_extra = summary["search"]["ratio_to_sgd"] - summary["full"]["ratio_to_sgd"]
-    return share_full * full + (1 - share_full) * cheap + searches_per_update * search_extra
+    weights = update_weights(share_full, searches_per_update, reuse, method)
+    return price(summary, weights)["median"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,16 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     rows += [(f"XSAM, every {n}", 1 / n, False, "xsam") for n in (2, 4, 8)]
     rows += [(f"XSAM, every {n} + reuse", 1 / n, True, "xsam") for n in (2, 4, 8)]
     print(f"{ns.model}, batch {ns.batch}, {ns.threads} thread(s), {ns.rounds} interleaved rounds")
-    print("| update | median ms | ratio to SGD (median, IQR) |\n|---|---:|---:|")
+    print("| update | median ms | ratio to SGD (median, IQR) | 95% CI of the median |")
+    print("|---|---:|---:|---:|")
     for k in VARIANTS:
         s = summary[k]
         lo, hi = s["ratio_iqr"]
-        print(f"| {k} | {s['median_ms']:.2f} | {s['ratio_to_sgd']:.3f} [{lo:.3f}, {hi:.3f}] |")
-    print("\n| schedule | full share | expected cost vs SGD |\n|---|---:|---:|")
+        c_lo, c_hi = s["ratio_ci95"]
+        print(
+            f"| {k} | {s['median_ms']:.2f} | {s['ratio_to_sgd']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"| [{c_lo:.3f}, {c_hi:.3f}] |"
+        )
+    print("\n| schedule | full share | expected cost vs SGD [95% CI] |\n|---|---:|---:|")
     expected = {}
     for name, share, reuse, method in rows:
-        expected[name] = expected_cost(summary, share, per_epoch, reuse, method)
-        print(f"| {name} | {share:.2f} | {expected[name]:.2f} |")
+        c = price(summary, update_weights(share, per_epoch, reuse, method))
+        expected[name] = c
+        print(f"| {name} | {share:.2f} | {c['median']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] |")
     if ns.json:
         with open(ns.json, "w") as fh:
             json.dump({"args": vars(ns), "updates": summary, "expected": expected}, fh, indent=2)

@@ -68,3 +68,51 @@ def test_one_measured_round_prices_every_variant_against_sgd():
     assert summary["sgd"]["ratio_to_sgd"] == 1.0
     for name in cost.VARIANTS:
         assert summary[name]["median_ms"] > 0 and summary[name]["ratio_to_sgd"] > 0
+
+
+def test_the_median_interval_takes_the_order_statistics_of_the_sign_test():
+    values = list(range(150, 0, -1))  # 1..150 in any order
+    # n = 150: ranks floor(75 - 1.96*sqrt(150)/2) = 62 and ceil(1 + 75 + 12.002) = 89
+    assert cost.median_interval(values) == [62, 89]
+    assert cost.median_interval([3.0]) == [3.0, 3.0]
+    assert cost.median_interval([2.0, 1.0]) == [1.0, 2.0]
+
+
+def test_a_mix_is_priced_round_by_round_when_the_rounds_are_kept():
+    full = [2.0, 2.4, 2.2, 3.0, 2.1]
+    cheap = [1.0, 1.2, 1.1, 0.9, 1.05]
+    summary = {
+        "full": {"ratio_to_sgd": 2.2, "ratios": full},
+        "search": {"ratio_to_sgd": 11.0, "ratios": [11.0] * 5},
+        "cheap": {"ratio_to_sgd": 1.05, "ratios": cheap},
+    }
+    weights = cost.update_weights(0.25, 0.0, reuse=False)
+    assert weights == {"full": 0.25, "search": 0.0, "cheap": 0.75}
+    mixes = sorted(0.25 * f + 0.75 * c for f, c in zip(full, cheap))
+    got = cost.price(summary, weights)
+    assert got["median"] == pytest.approx(mixes[2], rel=1e-12)
+    assert [got["lo"], got["hi"]] == pytest.approx([mixes[0], mixes[4]])  # n = 5: ranks 1, 5
+    weights = cost.update_weights(0.5, 0.1, reuse=True, method="sam")
+    assert weights == {"sam": 0.5, "cheap_reuse": 0.5}
+
+
+def _row(share, share_lo, share_hi, cost_mid, cost_lo, cost_hi):
+    return {
+        "share": {"mean": share, "lo": share_lo, "hi": share_hi},
+        "cost": {"mean": 9.9, "lo": 9.0, "hi": 11.0},  # run times: unused once priced
+        "expected_cost_ci": {"median": cost_mid, "lo": cost_lo, "hi": cost_hi},
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "expect"),
+    [
+        (_row(0.95, 0.91, 0.99, 1.20, 1.18, 1.25), "goal reached (intervals)"),
+        (_row(0.95, 0.85, 1.05, 1.20, 1.18, 1.25), "goal reached on the means, not by the intervals"),
+        (_row(0.93, 0.89, 0.97, 1.302, 1.28, 1.33), "not reached on the means; the intervals do not exclude it"),
+        (_row(0.95, 0.90, 1.00, 1.47, 1.44, 1.50), "goal not reached"),
+        (_row(0.78, 0.70, 0.85, 1.20, 1.18, 1.25), "goal not reached"),
+    ],
+)  # fmt: skip
+def test_the_goal_verdict_reads_means_first_then_intervals(row, expect):
+    assert tradeoff.verdict(row) == expect
