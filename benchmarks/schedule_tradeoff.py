@@ -216,8 +216,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str, full: str) -> bool:
         ax.errorbar(x, r["acc_mean"], xerr=xerr, yerr=yerr, fmt=marker, color=color, capsize=3)
         near = sum(abs(x - a) < 0.05 and abs(r["acc_mean"] - b) < 0.6 for a, b in placed)
         placed.append((x, r["acc_mean"]))
+        left = r["label"].split(":", 1)[0] != full.split(":", 1)[0]  # other families: left
         ax.annotate(_short(r["label"], full), (x, r["acc_mean"]), fontsize=7,
-                    xytext=(4, 3 - 11 * near), textcoords="offset points")  # fmt: skip
+                    xytext=(-5 if left else 4, (-9 if left else 3) - 11 * near), textcoords="offset points",
+                    ha="right" if left else "left")  # fmt: skip
     ax.axvline(GOAL_COST, color="grey", linestyle=":", linewidth=1)
     for family, color in FAMILY_COLORS.items():
         if any(r["label"].split(":", 1)[0] == family for r in rows):
@@ -250,10 +252,25 @@ def _style(label: str) -> tuple[str, str]:
     return FAMILY_COLORS.get(family, "tab:green"), marker
 
 
+_WORDS = {
+    "perturb_every": "every {}",
+    "perturb_reuse": "+ reuse {}",
+    "perturb_prob": "p = {}",
+    "perturb_start": "from {}",
+}
+
+
 def _short(label: str, full: str) -> str:
-    if label == full:
-        return f"{label} (every step)"
-    return label.replace(f"{full},", "").replace("perturb_", "")
+    """A point's name on the plot: the family and radius for the plain methods, the schedule
+    for the others (the family left to the colour for the full variant's schedules)."""
+    family, _, rest = label.partition(":")
+    settings = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
+    schedule = [_WORDS[k].format(v) for k, v in settings.items() if k in _WORDS]
+    if not schedule:
+        rho = f" ρ={settings['rho']}" if "rho" in settings else ""
+        return f"{family.upper()}{rho}" + (" (every step)" if label == full else "")
+    same_family = family == full.partition(":")[0]
+    return " ".join(schedule if same_family else [family.upper(), *schedule])
 
 
 def main(argv: list[str] | None = None) -> int:
