@@ -14,35 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toy import closure_for, data, net
 
 import xsam
 from xsam import PerturbationSchedule as Sched
-
-DT = torch.float64
-
-
-def net(seed: int = 0, bn: bool = False, dtype=DT) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = [nn.Linear(5, 7)]
-    if bn:
-        layers.append(nn.BatchNorm1d(7))
-    layers += [nn.Tanh(), nn.Linear(7, 3)]
-    return nn.Sequential(*layers).to(dtype)
-
-
-def data(seed: int, n: int = 16, dtype=DT):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 5, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
-
-
-def closure_for(model, x, y):
-    def closure():
-        loss = F.cross_entropy(model(x), y)
-        if torch.is_grad_enabled():
-            loss.backward()
-        return loss
-
-    return closure
 
 
 def lower_level_step(model, opt, x, y, scaler=None):
