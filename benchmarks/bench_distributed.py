@@ -74,61 +74,79 @@ def _worker(rank, world, port, args, out_path):
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     counter = Counter()
-    if world > 1:
-        real = dist.all_reduce
-
-        def counting(tensor, *a, **kw):
-            counter.xsam_bytes += tensor.numel() * tensor.element_size()
-            return real(tensor, *a, **kw)
-
+    real, counting = _counting_all_reduce(counter)
     local_batch = args.batch // world
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(local_batch, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (local_batch,), generator=g)
+    setups = [_setup(name, pert, alpha, world, counter) for name, pert, alpha in VARIANTS]
+    times, comm = _time_rounds(setups, x, y, world, counter, (real, counting), args)
+    if rank == 0:
+        Path(out_path).write_text(json.dumps(_rows(setups, times, comm, args)))
+    if world > 1:
+        dist.destroy_process_group()
 
-    setups = []
-    for name, pert, alpha in VARIANTS:
-        torch.manual_seed(0)
-        model = build_model("small_cnn", 10, 1)
-        wrapped = model
-        if world > 1:
-            wrapped = nn.parallel.DistributedDataParallel(model)
-            wrapped.register_comm_hook(None, _hook(counter))
-        kw = dict(lr=0.01, momentum=0.9)
-        if name == "sgd":
-            opt = torch.optim.SGD(wrapped.parameters(), **kw)
+
+def _counting_all_reduce(counter: Counter):
+    """The real ``dist.all_reduce`` and a stand-in that adds the bytes it reduces to ``counter``."""
+    real = dist.all_reduce
+
+    def counting(tensor, *a, **kw):
+        counter.xsam_bytes += tensor.numel() * tensor.element_size()
+        return real(tensor, *a, **kw)
+
+    return real, counting
+
+
+def _setup(name, pert, alpha, world, counter):
+    """One variant: ``(name, perturbation, model (DDP-wrapped when world > 1), optimizer)``."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1)
+    wrapped = model
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        wrapped.register_comm_hook(None, _hook(counter))
+    kw = dict(lr=0.01, momentum=0.9)
+    if name == "sgd":
+        opt = torch.optim.SGD(wrapped.parameters(), **kw)
+    else:
+        extra = {"perturbation": pert} if world > 1 else {}
+        if name == "sam":
+            opt = xsam.SAM(
+                wrapped.parameters(), torch.optim.SGD, rho=0.05, model=wrapped, **extra, **kw
+            )
         else:
-            extra = {"perturbation": pert} if world > 1 else {}
-            if name == "sam":
-                opt = xsam.SAM(
-                    wrapped.parameters(), torch.optim.SGD, rho=0.05, model=wrapped, **extra, **kw
-                )
-            else:
-                opt = xsam.XSAM(
-                    wrapped.parameters(),
-                    torch.optim.SGD,
-                    rho=0.15,
-                    alpha=alpha,
-                    model=wrapped,
-                    **extra,
-                    **kw,
-                )
-        setups.append((name, pert, wrapped, opt))
+            opt = xsam.XSAM(
+                wrapped.parameters(),
+                torch.optim.SGD,
+                rho=0.15,
+                alpha=alpha,
+                model=wrapped,
+                **extra,
+                **kw,
+            )
+    return name, pert, wrapped, opt
 
-    def update(wrapped, opt):
-        def closure():
-            loss = F.cross_entropy(wrapped(x), y)
-            if torch.is_grad_enabled():
-                loss.backward()
-            return loss
 
-        if isinstance(opt, xsam.SAMFamily):
-            opt.step(closure)
-        else:
-            opt.zero_grad()
-            closure()
-            opt.step()
+def _update(wrapped, opt, x, y):
+    def closure():
+        loss = F.cross_entropy(wrapped(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
 
+    if isinstance(opt, xsam.SAMFamily):
+        opt.step(closure)
+    else:
+        opt.zero_grad()
+        closure()
+        opt.step()
+
+
+def _time_rounds(setups, x, y, world, counter, all_reduces, args):
+    """Seconds per update of each setup (one per timed round) and, with world > 1, the bytes per
+    update all-reduced by DDP and by xsam, counted in the first timed round."""
+    real, counting = all_reduces
     times = {i: [] for i in range(len(setups))}
     comm = {}
     for rnd in range(args.warmup + args.rounds):
@@ -139,7 +157,7 @@ def _worker(rank, world, port, args, out_path):
                 dist.all_reduce = counting
             t0 = time.perf_counter()
             for _ in range(args.updates):
-                update(wrapped, opt)
+                _update(wrapped, opt, x, y)
             if world > 1:
                 dist.barrier()
                 dist.all_reduce = real
@@ -148,26 +166,28 @@ def _worker(rank, world, port, args, out_path):
                 times[i].append(dt / args.updates)
             if world > 1 and rnd == args.warmup:
                 comm[i] = (counter.ddp_bytes / args.updates, counter.xsam_bytes / args.updates)
-    if rank == 0:
-        params = sum(p.numel() * p.element_size() for p in setups[0][2].parameters())
-        rows = []
-        for i, (name, pert, _, _) in enumerate(setups):
-            med = statistics.median(times[i])
-            ddp_b, own_b = comm.get(i, (0.0, 0.0))
-            rows.append(
-                {
-                    "optimizer": name,
-                    "perturbation": pert,
-                    "s_per_update": med,
-                    "images_per_s": args.batch / med,
-                    "ddp_bytes_per_update": ddp_b,
-                    "xsam_bytes_per_update": own_b,
-                    "param_bytes": params,
-                }
-            )
-        Path(out_path).write_text(json.dumps(rows))
-    if world > 1:
-        dist.destroy_process_group()
+    return times, comm
+
+
+def _rows(setups, times, comm, args) -> list[dict]:
+    """One result row per setup: the median time and the communication per update."""
+    params = sum(p.numel() * p.element_size() for p in setups[0][2].parameters())
+    rows = []
+    for i, (name, pert, _, _) in enumerate(setups):
+        med = statistics.median(times[i])
+        ddp_b, own_b = comm.get(i, (0.0, 0.0))
+        rows.append(
+            {
+                "optimizer": name,
+                "perturbation": pert,
+                "s_per_update": med,
+                "images_per_s": args.batch / med,
+                "ddp_bytes_per_update": ddp_b,
+                "xsam_bytes_per_update": own_b,
+                "param_bytes": params,
+            }
+        )
+    return rows
 
 
 def run(world: int, args) -> list[dict]:

@@ -24,6 +24,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ CLAIMS = (
     ("claim4_xsam_beats_all", "4. cos(v(α*), u*) of 1-step XSAM ≥ max over g₀, g₁..g₃"),
     ("claim4_xsam_k_beats_g_k", "4'. for every k: cos(XSAM_k) ≥ max(cos g₀, cos g_k)"),
 )
+Probes = dict[tuple[int, int], dict[str, Any]]  # {(seed, epoch): cached probe record}
 
 
 def pm(ms: tuple[float, float], digits: int = 3) -> str:
@@ -107,7 +109,7 @@ def load_weights(model: torch.nn.Module, run: Path, epoch: int) -> None:
     model.load_state_dict(load_checkpoint(checkpoint_paths(run)[epoch])["model"])
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", default="runs/fmnist/grid")
     p.add_argument("--rho", type=float, required=True, help="the ρ of the grid's SAM-family runs")
@@ -130,7 +132,35 @@ def main() -> int:
         default=None,
         help="compute only this part; the others come from the cache (summary: nothing new)",
     )
-    a = p.parse_args()
+    return p.parse_args()
+
+
+@dataclass
+class Context:
+    """What every part of the measurement shares: the runs, the model, the loss, the paths."""
+
+    a: argparse.Namespace
+    seeds: list[int]
+    epochs: list[int]
+    cache: Path
+    out: Path
+    runs: dict[tuple[str, int], Path]
+    cfg: TrainConfig
+    loss_fn: Subset
+    model: torch.nn.Module
+    radii: list[float]
+    tag: str
+
+    def have(self, label: str, seed: int, epoch: int) -> bool:
+        return (label, seed) in self.runs and epoch in checkpoint_paths(self.runs[(label, seed)])
+
+    def cached_only(self, part: str) -> bool:
+        """Parts not asked for by --only are read from the cache (so results.md stays whole)."""
+        return self.a.only not in (None, part)
+
+
+def make_context(a: argparse.Namespace) -> Context | None:
+    """The shared context, or None (after saying so) when the grid has no matching runs."""
     if a.threads:
         torch.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -141,78 +171,71 @@ def main() -> int:
     runs = runs_of(grid, a.rho, seeds)
     if not runs:
         print(f"no runs with rho={a.rho} and seeds {seeds} in {grid}", file=sys.stderr)
-        return 2
+        return None
     first = next(iter(runs.values()))
     cfg = TrainConfig.from_json(first / "config.json").validated()
     loss_fn = Subset(cfg.dataset, a.examples)
     model = build_model(cfg.model, num_classes=loss_fn.num_classes, in_channels=loss_fn.in_channels)
     radii = [float(r) for r in a.probe_rhos.split(",")] if a.probe_rhos else [a.rho]
-    tag = f"rho{a.rho:g}"
+    return Context(
+        a, seeds, epochs, cache, out, runs, cfg, loss_fn, model, radii, tag=f"rho{a.rho:g}"
+    )
 
-    def have(label: str, seed: int, epoch: int) -> bool:
-        return (label, seed) in runs and epoch in checkpoint_paths(runs[(label, seed)])
 
-    def cached_only(part: str) -> bool:
-        """Parts not asked for by --only are read from the cache (so results.md stays whole)."""
-        return a.only not in (None, part)
-
-    # 1. direction probes along the XSAM (k = 1) trajectories, at every radius
-    probes: dict[float, dict[tuple[int, int], dict[str, Any]]] = {r: {} for r in radii}
-    for radius in radii:
-        for seed in seeds:
-            for epoch in epochs:
-                if not have("xsam k=1", seed, epoch):
+def direction_probes(ctx: Context) -> dict[float, Probes]:
+    """1. direction probes along the XSAM (k = 1) trajectories, at every radius."""
+    probes: dict[float, Probes] = {r: {} for r in ctx.radii}
+    for radius in ctx.radii:
+        for seed in ctx.seeds:
+            for epoch in ctx.epochs:
+                if not ctx.have("xsam k=1", seed, epoch):
                     continue
-                path = cache / f"probe-{tag}-at{radius:g}-xsam-seed{seed}-e{epoch}.json"
-                if cached_only("probe") and not path.is_file():
+                path = ctx.cache / f"probe-{ctx.tag}-at{radius:g}-xsam-seed{seed}-e{epoch}.json"
+                if ctx.cached_only("probe") and not path.is_file():
                     continue
-
-                def compute(seed: int = seed, epoch: int = epoch, r: float = radius) -> dict:
-                    load_weights(model, runs[("xsam k=1", seed)], epoch)
-                    res = probe_directions(
-                        model,
-                        loss_fn,
-                        rho=r,
-                        rho_max=2 * r,
-                        max_steps_k=3,
-                        n_starts=a.starts,
-                        ascent_iters=a.iters,
-                        seed=seed,
-                    )
-                    return {"probe": res, "claims": claims_summary(res)}
-
-                rec = probes[radius][(seed, epoch)] = cached(path, compute)
+                rec = probes[radius][(seed, epoch)] = cached(
+                    path, lambda s=seed, e=epoch, r=radius: _probe(ctx, s, e, r)
+                )
                 print(
                     f"probe ρ={radius:g} seed {seed} epoch {epoch}: "
                     + " ".join(f"{c} {rec['probe']['cos'][c]:.3f}" for c in CANDIDATES)
                     + f"  ({rec['wall_s']:.0f} s)",
                     flush=True,
                 )
+    return probes
 
-    # 2. sharpness at the last epoch of every method and seed
+
+def _probe(ctx: Context, seed: int, epoch: int, r: float) -> dict[str, Any]:
+    load_weights(ctx.model, ctx.runs[("xsam k=1", seed)], epoch)
+    res = probe_directions(
+        ctx.model,
+        ctx.loss_fn,
+        rho=r,
+        rho_max=2 * r,
+        max_steps_k=3,
+        n_starts=ctx.a.starts,
+        ascent_iters=ctx.a.iters,
+        seed=seed,
+    )
+    return {"probe": res, "claims": claims_summary(res)}
+
+
+def sharpness(ctx: Context) -> dict[tuple[str, int], dict[str, Any]]:
+    """2. sharpness at the last epoch of every method and seed."""
     sharp: dict[tuple[str, int], dict[str, Any]] = {}
-    for (label, seed), run in runs.items():
+    for (label, seed), run in ctx.runs.items():
         if run_status(run)[0] != "complete":
             continue  # only finished runs: their last epoch is the one every method shares
         last = max(checkpoint_paths(run), default=None)
         if last is None:
             continue
-        path = cache / f"sharp-{run.name}-e{last}-at{','.join(f'{r:g}' for r in radii)}.json"
-        if cached_only("sharpness") and not path.is_file():
+        at = ",".join(f"{r:g}" for r in ctx.radii)
+        path = ctx.cache / f"sharp-{run.name}-e{last}-at{at}.json"
+        if ctx.cached_only("sharpness") and not path.is_file():
             continue
-
-        def compute_sharp(run: Path = run, last: int = last, seed: int = seed) -> dict:
-            load_weights(model, run, last)
-            h = hessian_top_eigenvalue(model, loss_fn, iters=50, tol=1e-3, seed=seed)
-            w = {
-                f"{r:g}": worst_case_sharpness(
-                    model, loss_fn, rho=r, iters=20, n_starts=0, seed=seed
-                )
-                for r in radii
-            }
-            return {"epoch": last, "hessian": h, "worst_case": w}
-
-        s = sharp[(label, seed)] = cached(path, compute_sharp)
+        s = sharp[(label, seed)] = cached(
+            path, lambda run=run, last=last, seed=seed: _sharpness(ctx, run, last, seed)
+        )
         print(
             f"sharpness {run.name} epoch {s['epoch']}: λ_max {s['hessian']['eigenvalue']:.3f} "
             + " ".join(
@@ -222,27 +245,51 @@ def main() -> int:
             + f"  ({s['wall_s']:.0f} s)",
             flush=True,
         )
+    return sharp
 
-    # 3. the plane landscape of XSAM seed 0 at the last probed epoch, at the largest radius
-    big = max(radii)
-    if have("xsam k=1", seeds[0], epochs[-1]):
-        path = cache / f"plane-{tag}-at{big:g}-xsam-seed{seeds[0]}-e{epochs[-1]}.json"
-        if not cached_only("plane") or path.is_file():
 
-            def compute_plane() -> dict[str, Any]:
-                load_weights(model, runs[("xsam k=1", seeds[0])], epochs[-1])
-                return plane_landscape(model, loss_fn, rho=big, rho_max=2 * big, resolution=31)
+def _sharpness(ctx: Context, run: Path, last: int, seed: int) -> dict[str, Any]:
+    load_weights(ctx.model, run, last)
+    h = hessian_top_eigenvalue(ctx.model, ctx.loss_fn, iters=50, tol=1e-3, seed=seed)
+    w = {
+        f"{r:g}": worst_case_sharpness(
+            ctx.model, ctx.loss_fn, rho=r, iters=20, n_starts=0, seed=seed
+        )
+        for r in ctx.radii
+    }
+    return {"epoch": last, "hessian": h, "worst_case": w}
 
-            plane = cached(path, compute_plane)
-            plot_plane_landscape(
-                plane,
-                out / "plane.png",
-                title=f"XSAM (ρ={a.rho:g}) seed {seeds[0]}, epoch {epochs[-1]}: "
-                f"loss in the v₀–v₁ plane at ρ = {big:g}",
-            )
 
-    md, js = [_header(a, cfg)], {"train_rho": a.rho, "radii": radii, "probe": {}}
-    for radius in radii:
+def plane(ctx: Context) -> None:
+    """3. the plane landscape of XSAM seed 0 at the last probed epoch, at the largest radius."""
+    big, seed, epoch = max(ctx.radii), ctx.seeds[0], ctx.epochs[-1]
+    if not ctx.have("xsam k=1", seed, epoch):
+        return
+    path = ctx.cache / f"plane-{ctx.tag}-at{big:g}-xsam-seed{seed}-e{epoch}.json"
+    if ctx.cached_only("plane") and not path.is_file():
+        return
+
+    def compute_plane() -> dict[str, Any]:
+        load_weights(ctx.model, ctx.runs[("xsam k=1", seed)], epoch)
+        return plane_landscape(ctx.model, ctx.loss_fn, rho=big, rho_max=2 * big, resolution=31)
+
+    plot_plane_landscape(
+        cached(path, compute_plane),
+        ctx.out / "plane.png",
+        title=f"XSAM (ρ={ctx.a.rho:g}) seed {seed}, epoch {epoch}: "
+        f"loss in the v₀–v₁ plane at ρ = {big:g}",
+    )
+
+
+def write_results(
+    ctx: Context,
+    probes: dict[float, Probes],
+    sharp: dict[tuple[str, int], dict[str, Any]],
+) -> None:
+    """results.md, results.json and the cosine plots in --out; results.md also printed."""
+    a, out = ctx.a, ctx.out
+    md, js = [_header(a, ctx.cfg)], {"train_rho": a.rho, "radii": ctx.radii, "probe": {}}
+    for radius in ctx.radii:
         if probes[radius]:
             text, records, data = probe_section(probes[radius], radius, a)
             md.append(text)
@@ -254,7 +301,7 @@ def main() -> int:
                 f"cos to u* at ρ_max = {2 * radius:g}",
             )
     if sharp:
-        text, js["sharpness"] = sharpness_section(sharp, radii)
+        text, js["sharpness"] = sharpness_section(sharp, ctx.radii)
         md.append(text)
     md.append(
         f"- command: `python {' '.join(sys.argv)}`\n"
@@ -264,6 +311,16 @@ def main() -> int:
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(js, indent=2, default=float) + "\n")
     print("\n".join(md))
+
+
+def main() -> int:
+    ctx = make_context(parse_args())
+    if ctx is None:
+        return 2
+    probes = direction_probes(ctx)
+    sharp = sharpness(ctx)
+    plane(ctx)
+    write_results(ctx, probes, sharp)
     return 0
 
 
@@ -278,12 +335,31 @@ def _header(a: argparse.Namespace, cfg: TrainConfig) -> str:
 
 
 def probe_section(
-    probes: dict[tuple[int, int], dict[str, Any]], radius: float, a: argparse.Namespace
+    probes: Probes, radius: float, a: argparse.Namespace
 ) -> tuple[str, list[dict[str, float]], dict[str, Any]]:
     epochs = sorted({e for _, e in probes})
-    lines = [
-        f"## Probe radius ρ = {radius:g}, ρ_max = {2 * radius:g}",
+    lines = [f"## Probe radius ρ = {radius:g}, ρ_max = {2 * radius:g}", ""]
+    cos_lines, records, by_epoch = _cos_table(probes, epochs)
+    claim_lines, held = _claims_table(probes, epochs)
+    lines += cos_lines + _loss_table(probes, epochs, by_epoch) + claim_lines
+    conv = [r["probe"]["u_star"] for r in probes.values()]
+    walls = [r["wall_s"] for r in probes.values()]
+    lines += [
         "",
+        f"u* convergence over {len(conv)} probes: stationarity (‖tangential grad‖/‖grad‖) "
+        f"max {max(c['stationarity'] for c in conv):.2e}; relative loss spread across starts "
+        f"max {max(c['rel_loss_spread'] for c in conv):.2e}; wall time "
+        f"{sum(walls) / len(walls):.0f} s per probe.",
+        "",
+    ]
+    return "\n".join(lines), records, {"by_epoch": by_epoch, "claims_held": held}
+
+
+def _cos_table(
+    probes: Probes, epochs: list[int]
+) -> tuple[list[str], list[dict[str, float]], dict[int, dict[str, Any]]]:
+    """The cos(candidate, u*) table, its plot records and the per-epoch summary it starts."""
+    lines = [
         "cos(direction, u*) along the XSAM (k = 1) runs:",
         "",
         "| epoch | seeds | " + " | ".join(CANDIDATES) + " |",
@@ -299,7 +375,14 @@ def probe_section(
             rec[f"cos_{c}"], rec[f"cos_{c}_std"] = cos[c]
         records.append(rec)
         by_epoch[e] = {"seeds": len(rs), "cos": cos}
-    lines += [
+    return lines, records, by_epoch
+
+
+def _loss_table(
+    probes: Probes, epochs: list[int], by_epoch: dict[int, dict[str, Any]]
+) -> list[str]:
+    """The loss-increase table; adds its numbers to ``by_epoch``."""
+    lines = [
         "",
         "Loss increase L(θ₀ + ρ_max·d) − L(θ₀), ×10⁻³:",
         "",
@@ -320,7 +403,12 @@ def probe_section(
             + f" | {', '.join(f'{x:g}' for x in alphas)} |"
         )
         by_epoch[e].update(clean_loss=clean, loss_increase_1e3=inc, alpha_star=alphas)
-    lines += [
+    return lines
+
+
+def _claims_table(probes: Probes, epochs: list[int]) -> tuple[list[str], dict[str, list[int]]]:
+    """The table of how often each claim held, and those counts."""
+    lines = [
         "",
         "The paper's claims: in how many probes each held (by cosine; by the loss reached):",
         "",
@@ -343,17 +431,7 @@ def probe_section(
         cells.append(f"{tot[0]}/{tot[2]}" + (f"; {tot[1]}/{tot[2]}" if has_loss else ""))
         held[key] = tot if has_loss else [tot[0], tot[2]]
         lines.append(f"| {text} | " + " | ".join(cells) + " |")
-    conv = [r["probe"]["u_star"] for r in probes.values()]
-    walls = [r["wall_s"] for r in probes.values()]
-    lines += [
-        "",
-        f"u* convergence over {len(conv)} probes: stationarity (‖tangential grad‖/‖grad‖) "
-        f"max {max(c['stationarity'] for c in conv):.2e}; relative loss spread across starts "
-        f"max {max(c['rel_loss_spread'] for c in conv):.2e}; wall time "
-        f"{sum(walls) / len(walls):.0f} s per probe.",
-        "",
-    ]
-    return "\n".join(lines), records, {"by_epoch": by_epoch, "claims_held": held}
+    return lines, held
 
 
 def sharpness_section(
