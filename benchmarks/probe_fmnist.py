@@ -46,6 +46,7 @@ from xsam.models import build_model
 from xsam.train import TrainConfig, load_checkpoint
 from xsam.train.checkpoint import run_status
 from xsam.train.compare import mean_std
+from xsam.train.state import model_options
 
 CANDIDATES = ("g0", "g1", "g2", "g3", "xsam1", "xsam2", "xsam3", "plane_max")
 CLAIMS = (
@@ -175,7 +176,12 @@ def make_context(a: argparse.Namespace) -> Context | None:
     first = next(iter(runs.values()))
     cfg = TrainConfig.from_json(first / "config.json").validated()
     loss_fn = Subset(cfg.dataset, a.examples)
-    model = build_model(cfg.model, num_classes=loss_fn.num_classes, in_channels=loss_fn.in_channels)
+    model = build_model(
+        cfg.model,
+        num_classes=loss_fn.num_classes,
+        in_channels=loss_fn.in_channels,
+        **model_options(cfg),  # the runs' width/depth (mlp), else their checkpoints do not fit
+    )
     radii = [float(r) for r in a.probe_rhos.split(",")] if a.probe_rhos else [a.rho]
     return Context(
         a, seeds, epochs, cache, out, runs, cfg, loss_fn, model, radii, tag=f"rho{a.rho:g}"
