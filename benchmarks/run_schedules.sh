@@ -42,5 +42,8 @@ for part in ("grid", "grid2", "grid3", "grid4", "grid5", "grid6"):
         runs.append({**r, "dir": f"{part}/{r['dir']}"})
 (out / "compare.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 PYEOF
-$PY benchmarks/schedule_cost.py --threads 1 --rounds 150 --json "$OUT/cost.json"
+for i in 1 2 3; do  # three measurements on a quiet machine, their rounds pooled
+  $PY benchmarks/schedule_cost.py --threads 1 --rounds 150 --json "$OUT/cost_$i.json"
+done
+$PY benchmarks/schedule_cost.py --pool "$OUT"/cost_{1,2,3}.json --json "$OUT/cost.json"
 $PY benchmarks/schedule_tradeoff.py "$OUT" --sgd sgd --full "$X" --cost "$OUT/cost.json"

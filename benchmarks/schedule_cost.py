@@ -16,6 +16,7 @@ ratios so that ``schedule_tradeoff.py`` prices each run's own mix the same way. 
 
     python benchmarks/schedule_cost.py                    # the label-noise MLP, 1 thread
     python benchmarks/schedule_cost.py --model mlp --rounds 200 --threads 1 --json out.json
+    python benchmarks/schedule_cost.py --pool a.json b.json c.json --json pooled.json
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -164,27 +166,35 @@ def expected_cost(summary: dict[str, Any], share_full: float, searches_per_updat
     return price(summary, weights)["median"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--batch", type=int, default=125)
-    p.add_argument("--rounds", type=int, default=150)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--updates-per-epoch", type=int, default=80, help="for the search's share")
-    p.add_argument("--json", default=None)
-    ns = p.parse_args(argv)
-    torch.set_num_threads(ns.threads)
-    steps = build_steps(ns.model, ns.batch, ns.seed)
-    summary = summarise(measure(steps, ns.rounds, ns.warmup, ns.seed))
-    per_epoch = 1.0 / ns.updates_per_epoch
-    rows = [("SAM, every step full", 1.0, False, "sam")]
-    rows += [(f"SAM, every {n} + reuse", 1 / n, True, "sam") for n in (2, 4, 8)]
-    rows += [("XSAM, every step full", 1.0, False, "xsam")]
-    rows += [(f"XSAM, every {n}", 1 / n, False, "xsam") for n in (2, 4, 8)]
-    rows += [(f"XSAM, every {n} + reuse", 1 / n, True, "xsam") for n in (2, 4, 8)]
-    print(f"{ns.model}, batch {ns.batch}, {ns.threads} thread(s), {ns.rounds} interleaved rounds")
+def pool(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several measurements as one: their rounds joined (the per-round ratios of each), the
+    median time the median of theirs."""
+    out: dict[str, Any] = {}
+    for k in summaries[0]:
+        ratios = [r for s in summaries for r in s[k]["ratios"]]
+        srt = sorted(ratios)
+        q = len(srt) // 4
+        out[k] = {
+            "median_ms": statistics.median(s[k]["median_ms"] for s in summaries),
+            "ratio_to_sgd": statistics.median(srt),
+            "ratio_iqr": [srt[q], srt[-q - 1]],
+            "ratio_ci95": median_interval(ratios),
+            "ratios": ratios,
+        }
+    return out
+
+
+SCHEDULES = (
+    [("SAM, every step full", 1.0, False, "sam")]
+    + [(f"SAM, every {n} + reuse", 1 / n, True, "sam") for n in (2, 4, 8)]
+    + [("XSAM, every step full", 1.0, False, "xsam")]
+    + [(f"XSAM, every {n}", 1 / n, False, "xsam") for n in (2, 4, 8)]
+    + [(f"XSAM, every {n} + reuse", 1 / n, True, "xsam") for n in (2, 4, 8)]
+)
+
+
+def report(summary: dict[str, Any], per_epoch: float) -> dict[str, Any]:
+    """Print the per-update table and the expected cost of common schedules; return those."""
     print("| update | median ms | ratio to SGD (median, IQR) | 95% CI of the median |")
     print("|---|---:|---:|---:|")
     for k in VARIANTS:
@@ -197,10 +207,37 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\n| schedule | full share | expected cost vs SGD [95% CI] |\n|---|---:|---:|")
     expected = {}
-    for name, share, reuse, method in rows:
+    for name, share, reuse, method in SCHEDULES:
         c = price(summary, update_weights(share, per_epoch, reuse, method))
         expected[name] = c
         print(f"| {name} | {share:.2f} | {c['median']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] |")
+    return expected
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mlp")
+    p.add_argument("--batch", type=int, default=125)
+    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--updates-per-epoch", type=int, default=80, help="for the search's share")
+    p.add_argument("--json", default=None)
+    p.add_argument(
+        "--pool", nargs="+", metavar="JSON", default=None,
+        help="measure nothing: join the rounds of these earlier measurements (this script's JSON)",
+    )  # fmt: skip
+    ns = p.parse_args(argv)
+    if ns.pool:
+        summary = pool([json.loads(Path(f).read_text())["updates"] for f in ns.pool])
+        print(f"{len(ns.pool)} measurements pooled: {', '.join(ns.pool)}")
+    else:
+        torch.set_num_threads(ns.threads)
+        steps = build_steps(ns.model, ns.batch, ns.seed)
+        summary = summarise(measure(steps, ns.rounds, ns.warmup, ns.seed))
+        print(f"{ns.model}, batch {ns.batch}, {ns.threads} thread(s), {ns.rounds} rounds")
+    expected = report(summary, 1.0 / ns.updates_per_epoch)
     if ns.json:
         with open(ns.json, "w") as fh:
             json.dump({"args": vars(ns), "updates": summary, "expected": expected}, fh, indent=2)

@@ -116,3 +116,29 @@ def _row(share, share_lo, share_hi, cost_mid, cost_lo, cost_hi):
 )  # fmt: skip
 def test_the_goal_verdict_reads_means_first_then_intervals(row, expect):
     assert tradeoff.verdict(row) == expect
+
+
+def test_pooled_measurements_join_their_rounds(tmp_path):
+    a = {"sgd": [1.0, 1.0], "sam": [2.0, 2.2]}
+    b = {"sgd": [1.0], "sam": [1.9]}
+    summaries = [
+        {k: {"median_ms": ms, "ratios": r} for k, r in part.items()}
+        for part, ms in ((a, 10.0), (b, 12.0))
+    ]
+    pooled = cost.pool(summaries)
+    assert pooled["sam"]["ratios"] == [2.0, 2.2, 1.9]
+    assert pooled["sam"]["ratio_to_sgd"] == 2.0 and pooled["sam"]["median_ms"] == 11.0
+    assert pooled["sam"]["ratio_ci95"] == cost.median_interval([2.0, 2.2, 1.9])
+    paths = []
+    for i, summ in enumerate(summaries):
+        paths.append(tmp_path / f"m{i}.json")
+        paths[-1].write_text(json.dumps({"updates": {**summ, **_other(summ)}}))
+    out = tmp_path / "pooled.json"
+    assert cost.main(["--pool", *map(str, paths), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["updates"]["sam"]["ratios"] == [2.0, 2.2, 1.9]
+
+
+def _other(summ):
+    """The variants a report needs besides SGD and SAM, priced like SGD."""
+    sgd = summ["sgd"]
+    return {k: sgd for k in ("full", "cheap", "cheap_reuse", "search")}
