@@ -34,6 +34,7 @@ from torch import nn
 
 import xsam
 from xsam.models import build_model
+from xsam.train.ranks import close_process_group
 
 _REAL_ALL_REDUCE = dist.all_reduce  # the comm hook uses this, so it is not counted twice
 
@@ -84,7 +85,8 @@ def _worker(rank, world, port, args, out_path):
     if rank == 0:
         Path(out_path).write_text(json.dumps(_rows(setups, times, comm, args)))
     if world > 1:
-        dist.destroy_process_group()
+        del setups
+        close_process_group(synchronise=True)
 
 
 def _counting_all_reduce(counter: Counter):

@@ -10,6 +10,7 @@ the example checks at the end.
 """
 
 import argparse
+import gc
 import os
 
 import torch
@@ -38,8 +39,18 @@ def main():
         parser.error("launch with torchrun, e.g. torchrun --nproc_per_node=2 " + __file__)
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if cuda else "cpu")
+    train(args, device)
+    # Shut down cleanly: free what still holds the group (DDP sits in reference cycles), let
+    # every rank finish, then destroy it. Destroyed earlier, gloo sometimes aborts the process
+    # at exit ("terminate called without an active exception") after the work is done.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train(args, device):
+    rank, world = dist.get_rank(), dist.get_world_size()
     epochs = 1 if args.smoke else args.epochs
 
     torch.manual_seed(0)  # the same initial weights on every rank
@@ -79,7 +90,6 @@ def main():
         print(f"{world} processes, perturbation={opt.perturbation}")
         print(f"final_loss={mean:.6f}")
         print(f"replica_max_abs_diff={spread:.3e}")
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

