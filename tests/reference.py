@@ -142,6 +142,109 @@ def _probe_loss(
 # --------------------------------------------------------------------------------------------
 # the update
 # --------------------------------------------------------------------------------------------
+def _clean_pass(loss_fn, all_params, trainable):
+    """The clean pass at θ₀ (the only one allowed to update BN running stats): the loss, the
+    indices of the parameters with a gradient and of those without, and g₀ flat."""
+    with torch.enable_grad():
+        loss0_t = loss_fn()
+        grads0 = torch.autograd.grad(loss0_t, [all_params[i] for i in trainable], allow_unused=True)
+    active = [i for i, g in zip(trainable, grads0) if g is not None]
+    inactive = [i for i, g in zip(trainable, grads0) if g is None]
+    g0 = _flat([g for g in grads0 if g is not None])
+    return float(loss0_t.detach()), active, inactive, g0
+
+
+def _finish(d_flat, all_params, active, inactive, base_step) -> list[torch.Tensor | None]:
+    """§3 step 6 tail: p.grad = d for active params, None for inactive ones; base step."""
+    params = [all_params[i] for i in active]
+    pieces = _pieces(d_flat, params)
+    for p, piece in zip(params, pieces):
+        p.grad = piece.clone()
+    for i in inactive:
+        all_params[i].grad = None
+    base_step()
+    return _spread(pieces, active, len(all_params))
+
+
+def _per_element(values, params, groups, like: torch.Tensor) -> torch.Tensor:
+    """One flat vector: every element of ``params[j]`` carries ``values[groups[j]]``."""
+    return torch.cat(
+        [
+            torch.full((p.numel(),), values[gi], dtype=like.dtype, device=like.device)
+            for p, gi in zip(params, groups)
+        ]
+    )
+
+
+def _ascend(params, loss_fn, g0, rho_vec, k, T, eps, bn_modules) -> torch.Tensor:
+    """§3 steps 1–2: k ascent steps θᵢ₊₁ = θᵢ + (ρ/k)·gᵢ/(‖gᵢ‖+ε) (no projection; with ASAM's
+    T when given), leaving the parameters at θ_k; returns g_k = ∇L_B(θ_k) on the same batch."""
+    g = g0
+    for _ in range(k):
+        if T is not None:
+            Tg = T * g  # gradient in the transformed coordinates w̃ = T⁻¹w
+            step = (rho_vec / k) * T * Tg / (_norm(Tg) + eps)  # = ρ/k · T²g/‖Tg‖
+        else:
+            step = (rho_vec / k) * g / (_norm(g) + eps)
+        with torch.no_grad():
+            for p, piece in zip(params, _pieces(step, params)):
+                p.add_(piece)
+        g = _gradient_pass(loss_fn, params, bn_modules)  # gᵢ₊₁ at θᵢ₊₁ (BN restored)
+    return g
+
+
+def _angle(displacement, g_k, T, eps):
+    """§3 step 3: v₀ (the ascent displacement's unit vector), v₁ (g_k's), ‖g_k‖ and
+    ψ = arccos(clamp(⟨v₀,v₁⟩,−1,1)), in ASAM's transformed coordinates when T is given."""
+    if T is not None:
+        disp_t = displacement / T  # T⁻¹(θ_k − θ₀)
+        gk_t = T * g_k  # T g_k
+    else:
+        disp_t = displacement
+        gk_t = g_k
+    v0 = disp_t / (_norm(disp_t) + eps)
+    gk_tnorm = _norm(gk_t)
+    v1 = gk_t / (gk_tnorm + eps)
+    psi = torch.arccos(torch.clamp(torch.dot(v0, v1), -1.0, 1.0))
+    return v0, v1, gk_tnorm, psi
+
+
+_RESULT_KEYS = (
+    "loss0", "alpha", "psi", "d", "probe_losses", "g0_norm", "gk_norm", "gk_tnorm",
+    "theta_k", "v0", "v1", "alpha_grid",
+)  # fmt: skip
+
+
+def _result(*values) -> dict:
+    """The update's report, keyed as :func:`reference_update` documents."""
+    return dict(zip(_RESULT_KEYS, values, strict=True))
+
+
+def _probe_grid(params, loss_fn, theta0, rho_max_vec, grid, v_of, T, bn_modules) -> list:
+    """§3 step 5's probes: L_B(θ₀ + ρ_max·v(α)) for every α of the grid, without gradients and
+    with normalisation buffers untouched (v(α) mapped back by T under ASAM)."""
+    losses = []
+    for a in grid:
+        direction = T * v_of(a) if T is not None else v_of(a)  # back to w coordinates
+        _set_params(params, theta0 + rho_max_vec * direction)
+        losses.append(_probe_loss(loss_fn, bn_modules))
+    return losses
+
+
+def _argmax_alpha(grid: list[float], losses: list[float]) -> float:
+    """§3 step 5's choice: the α of the largest probe loss; NaN probes ignored; ties → the
+    smallest α (the grid is sorted)."""
+    best_value = -math.inf
+    alpha_star = grid[0]
+    for a, value in zip(grid, losses):
+        if math.isnan(value):
+            value = -math.inf  # NaN probes are ignored
+        if value > best_value:  # strict: a later tie does not replace the smaller α
+            best_value = value
+            alpha_star = a
+    return alpha_star
+
+
 def reference_update(
     params_groups: list[list[torch.Tensor]],
     loss_fn: Callable[[], torch.Tensor],
@@ -184,10 +287,9 @@ def reference_update(
     k = int(steps)
     if k < 1:
         raise ValueError(f"steps should be >= 1 but is: {steps}")
-    n_groups = len(params_groups)
-    rhos = _per_group(rho, n_groups, "rho")
+    rhos = _per_group(rho, len(params_groups), "rho")
     rho_maxs = (
-        [2.0 * r for r in rhos] if rho_max is None else _per_group(rho_max, n_groups, "rho_max")
+        [2.0 * r for r in rhos] if rho_max is None else _per_group(rho_max, len(rhos), "rho_max")
     )
     grid = sorted(float(a) for a in (DEFAULT_ALPHA_GRID if alpha_grid is None else alpha_grid))
 
@@ -196,61 +298,24 @@ def reference_update(
     trainable = [i for i, p in enumerate(all_params) if p.requires_grad]
 
     # ---- clean pass at θ₀: loss0, g₀; the only pass allowed to update BN running stats -----
-    with torch.enable_grad():
-        loss0_t = loss_fn()
-        grads0 = torch.autograd.grad(loss0_t, [all_params[i] for i in trainable], allow_unused=True)
-    loss0 = float(loss0_t.detach())
-    active = [i for i, g in zip(trainable, grads0) if g is not None]
-    inactive = [i for i, g in zip(trainable, grads0) if g is None]
+    loss0, active, inactive, g0 = _clean_pass(loss_fn, all_params, trainable)
     params = [all_params[i] for i in active]
-    g0 = _flat([g for g in grads0 if g is not None])
     g0_norm = _norm(g0)
 
     def finish(d_flat: torch.Tensor) -> list[torch.Tensor | None]:
-        """§3 step 6 tail: p.grad = d for active params, None for inactive ones; base step."""
-        pieces = _pieces(d_flat, params)
-        for p, piece in zip(params, pieces):
-            p.grad = piece.clone()
-        for i in inactive:
-            all_params[i].grad = None
-        base_step()
-        return _spread(pieces, active, len(all_params))
+        return _finish(d_flat, all_params, active, inactive, base_step)
 
     # ---- ρ = 0 everywhere: the base optimizer alone, bit for bit (d = g₀, no more passes) ---
     if all(r == 0.0 for r in rhos):
         theta_k_list = _spread([p.detach().clone() for p in params], active, len(all_params))
         d_list = finish(g0.clone())
-        return {
-            "loss0": loss0,
-            "alpha": alpha,
-            "psi": 0.0,
-            "d": d_list,
-            "probe_losses": None,
-            "g0_norm": float(g0_norm),
-            "gk_norm": float(g0_norm),
-            "gk_tnorm": float(g0_norm),
-            "theta_k": theta_k_list,
-            "v0": None,
-            "v1": None,
-            "alpha_grid": grid,
-        }
+        n0 = float(g0_norm)
+        return _result(loss0, alpha, 0.0, d_list, None, n0, n0, n0, theta_k_list, None, None, grid)
 
     # per-element ρ and ρ_max (each element carries its group's value)
-    rho_vec = torch.cat(
-        [
-            torch.full(
-                (all_params[i].numel(),), rhos[group_of[i]], dtype=g0.dtype, device=g0.device
-            )
-            for i in active
-        ]
-    )
-    rho_max_vec = torch.cat(
-        [
-            torch.full(
-                (all_params[i].numel(),), rho_maxs[group_of[i]], dtype=g0.dtype, device=g0.device
-            )
-            for i in active
-        ]
+    rho_vec = _per_element(rhos, [all_params[i] for i in active], [group_of[i] for i in active], g0)
+    rho_max_vec = _per_element(
+        rho_maxs, [all_params[i] for i in active], [group_of[i] for i in active], g0
     )
 
     # save θ₀ (the exact copy restored at the end)
@@ -260,33 +325,12 @@ def reference_update(
 
     # ---- §3 step 1: k ascent steps θᵢ₊₁ = θᵢ + (ρ/k)·gᵢ/(‖gᵢ‖+ε); no projection ----------
     # ---- §3 step 2: g_k = ∇L_B(θ_k) on the same batch (last gradient of the loop) ----------
-    g = g0
-    for _ in range(k):
-        if adaptive:
-            Tg = T * g  # gradient in the transformed coordinates w̃ = T⁻¹w
-            step = (rho_vec / k) * T * Tg / (_norm(Tg) + eps)  # = ρ/k · T²g/‖Tg‖
-        else:
-            step = (rho_vec / k) * g / (_norm(g) + eps)
-        with torch.no_grad():
-            for p, piece in zip(params, _pieces(step, params)):
-                p.add_(piece)
-        g = _gradient_pass(loss_fn, params, bn_modules)  # gᵢ₊₁ at θᵢ₊₁ (BN restored)
-    g_k = g
+    g_k = _ascend(params, loss_fn, g0, rho_vec, k, T, eps, bn_modules)
     theta_k = _flat(params).clone()
     theta_k_list = _spread(_pieces(theta_k, params), active, len(all_params))
 
     # ---- §3 step 3: v₀ (ascent displacement), v₁ (g_k), ψ = arccos(clamp(⟨v₀,v₁⟩,−1,1)) ----
-    displacement = theta_k - theta0
-    if adaptive:
-        disp_t = displacement / T  # T⁻¹(θ_k − θ₀)
-        gk_t = T * g_k  # T g_k
-    else:
-        disp_t = displacement
-        gk_t = g_k
-    v0 = disp_t / (_norm(disp_t) + eps)
-    gk_tnorm = _norm(gk_t)
-    v1 = gk_t / (gk_tnorm + eps)
-    psi = torch.arccos(torch.clamp(torch.dot(v0, v1), -1.0, 1.0))
+    v0, v1, gk_tnorm, psi = _angle(theta_k - theta0, g_k, T, eps)
     sin_psi = torch.sin(psi)
 
     # ---- §3 step 4: v(α) = [sin((1−α)ψ)·v₀ + sin(αψ)·v₁] / sin ψ; v₁ if sin ψ < 1e-8 ------
@@ -298,19 +342,8 @@ def reference_update(
     # ---- §3 step 5: α* = argmax_α L_B(θ₀ + ρ_max·v(α)), no grad, BN untouched, ties → smallest
     probe_losses = None
     if alpha is None:
-        probe_losses = []
-        for a in grid:
-            direction = T * v_of(a) if adaptive else v_of(a)  # back to w coordinates
-            _set_params(params, theta0 + rho_max_vec * direction)
-            probe_losses.append(_probe_loss(loss_fn, bn_modules))
-        best_value = -math.inf
-        alpha_star = grid[0]
-        for a, value in zip(grid, probe_losses):
-            if math.isnan(value):
-                value = -math.inf  # NaN probes are ignored
-            if value > best_value:  # strict: a later tie does not replace the smaller α
-                best_value = value
-                alpha_star = a
+        probe_losses = _probe_grid(params, loss_fn, theta0, rho_max_vec, grid, v_of, T, bn_modules)
+        alpha_star = _argmax_alpha(grid, probe_losses)
     else:
         alpha_star = float(alpha)
 
@@ -325,20 +358,10 @@ def reference_update(
     _set_params(params, theta0)
     d_list = finish(d)
 
-    return {
-        "loss0": loss0,
-        "alpha": alpha_star,
-        "psi": float(psi),
-        "d": d_list,
-        "probe_losses": probe_losses,
-        "g0_norm": float(g0_norm),
-        "gk_norm": float(_norm(g_k)),
-        "gk_tnorm": float(gk_tnorm),
-        "theta_k": theta_k_list,
-        "v0": v0,
-        "v1": v1,
-        "alpha_grid": grid,
-    }
+    return _result(
+        loss0, alpha_star, float(psi), d_list, probe_losses, float(g0_norm),
+        float(_norm(g_k)), float(gk_tnorm), theta_k_list, v0, v1, grid,
+    )  # fmt: skip
 
 
 def reference_sam_update(
