@@ -337,27 +337,14 @@ def probe_directions(
             for k in range(1, K + 1)
         ]
         e1, e2, degenerate = plane_basis(fm, steps[0].v0, steps[0].v1, generator)
-        angles = [2.0 * math.pi * j / n_plane for j in range(n_plane)]
-        plane_losses = [
-            fm.loss(loss_fn, fm.theta0 + rho_max * (math.cos(a) * e1 + math.sin(a) * e2))
-            for a in angles
-        ]
-        j = max(range(n_plane), key=lambda i: (_rank(plane_losses[i]), -i))
-        vectors: dict[str, Tensor] = {"g0": g0}
-        vectors.update({f"g{s.k}": s.g_k for s in steps})
-        vectors.update({f"xsam{s.k}": s.v_star for s in steps})
-        vectors["plane_max"] = math.cos(angles[j]) * e1 + math.sin(angles[j]) * e2
+        angles, plane_losses, j = _plane_circle(fm, loss_fn, e1, e2, rho_max, n_plane)
+        plane_max = math.cos(angles[j]) * e1 + math.sin(angles[j]) * e2
+        vectors = _candidates(g0, steps, plane_max)
         starts = list(vectors.items())
         starts += [(f"random{i}", fm.random_unit(generator)) for i in range(n_starts)]
         search = sphere_search(fm, loss_fn, starts, radius=rho_max, iters=iters, lr=lr, tol=tol)
-        u_star = unit(search.best.delta)
-        vectors["u_star"] = u_star
-        cos = {name: cosine(v, u_star) for name, v in vectors.items()}
-        cos["u_star"] = 1.0
-        losses = {
-            name: fm.loss(loss_fn, fm.theta0 + rho_max * unit(v)) for name, v in vectors.items()
-        }
-        coords = {name: [float(unit(v) @ e1), float(unit(v) @ e2)] for name, v in vectors.items()}
+        vectors["u_star"] = u_star = unit(search.best.delta)
+        cos, losses, coords = _compare(fm, loss_fn, vectors, u_star, rho_max, e1, e2)
         passes = {"forward": fm.evaluations, "backward": fm.gradients}
 
     result: dict[str, Any] = {
@@ -373,18 +360,7 @@ def probe_directions(
         "cos": cos,
         "loss": losses,
         "plane_coords": coords,
-        "xsam": [
-            {
-                "k": s.k,
-                "alpha_star": s.alpha_star,
-                "psi": s.psi,
-                "cos_v0_v1": math.cos(s.psi),
-                "ascent_norm": float((s.theta_k - fm.theta0).norm()),
-                "grad_norm": float(s.g_k.norm()),
-                "alpha_losses": s.alpha_losses,
-            }
-            for s in steps
-        ],
+        "xsam": [_step_report(s, fm.theta0) for s in steps],
         "plane": {
             "n": n_plane,
             "max_angle": angles[j],
@@ -400,6 +376,50 @@ def probe_directions(
     if return_vectors:
         result["vectors"] = {name: v.detach() for name, v in vectors.items()}
     return result
+
+
+def _compare(fm: Any, loss_fn: LossFn, vectors: dict[str, Tensor], u_star: Tensor,
+             radius: float, e1: Tensor, e2: Tensor):  # fmt: skip
+    """Per candidate: cos to u*, the loss at θ₀ + radius·unit(candidate), and its coordinates
+    in the e₁–e₂ plane."""
+    cos = {name: cosine(v, u_star) for name, v in vectors.items()}
+    cos["u_star"] = 1.0
+    losses = {name: fm.loss(loss_fn, fm.theta0 + radius * unit(v)) for name, v in vectors.items()}
+    coords = {name: [float(unit(v) @ e1), float(unit(v) @ e2)] for name, v in vectors.items()}
+    return cos, losses, coords
+
+
+def _candidates(g0: Tensor, steps: Sequence[Any], plane_max: Tensor) -> dict[str, Tensor]:
+    """The directions compared with u*, in report order: g0, g1..gK, xsam1..xsamK, plane_max."""
+    vectors: dict[str, Tensor] = {"g0": g0}
+    vectors.update({f"g{s.k}": s.g_k for s in steps})
+    vectors.update({f"xsam{s.k}": s.v_star for s in steps})
+    vectors["plane_max"] = plane_max
+    return vectors
+
+
+def _plane_circle(fm: Any, loss_fn: LossFn, e1: Tensor, e2: Tensor, radius: float, n: int):
+    """The loss at ``n`` equally spaced angles on the circle of ``radius`` in the e₁–e₂ plane
+    around θ₀: (angles, losses, index of the maximum; ties → the first)."""
+    angles = [2.0 * math.pi * j / n for j in range(n)]
+    losses = [
+        fm.loss(loss_fn, fm.theta0 + radius * (math.cos(a) * e1 + math.sin(a) * e2)) for a in angles
+    ]
+    j = max(range(n), key=lambda i: (_rank(losses[i]), -i))
+    return angles, losses, j
+
+
+def _step_report(s: Any, theta0: Tensor) -> dict[str, Any]:
+    """What :func:`probe_directions` reports of one k-step ascent and its XSAM direction."""
+    return {
+        "k": s.k,
+        "alpha_star": s.alpha_star,
+        "psi": s.psi,
+        "cos_v0_v1": math.cos(s.psi),
+        "ascent_norm": float((s.theta_k - theta0).norm()),
+        "grad_norm": float(s.g_k.norm()),
+        "alpha_losses": s.alpha_losses,
+    }
 
 
 def claims_summary(
