@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
+from toy import closure_for as _closure
 
 import xsam
 from xsam.train.ranks import close_process_group
@@ -61,16 +62,6 @@ def _global_batches(n: int, seed: int = 7):
 def _local(x, y, rank):
     sl = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
     return x[sl], y[sl]
-
-
-def _closure(model, x, y):
-    def closure():
-        loss = F.cross_entropy(model(x), y)
-        if torch.is_grad_enabled():
-            loss.backward()
-        return loss
-
-    return closure
 
 
 def _flat_params(model) -> torch.Tensor:
