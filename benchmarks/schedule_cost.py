@@ -117,23 +117,27 @@ def median_interval(values: list[float], z: float = 1.96) -> list[float]:
     return [v[lo - 1], v[hi - 1]]
 
 
-def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
-    """Per variant: median time, the median per-round ratio to SGD with its IQR and 95%
+def _ratio_stats(median_ms: float, per_round: list[float]) -> dict[str, Any]:
+    """One variant's entry: its median time, the median per-round ratio to SGD with IQR and 95%
     interval, and the per-round ratios themselves (in round order, for pricing mixes)."""
+    ratios = sorted(per_round)
+    q = len(ratios) // 4
+    return {
+        "median_ms": median_ms,
+        "ratio_to_sgd": statistics.median(ratios),
+        "ratio_iqr": [ratios[q], ratios[-q - 1]],
+        "ratio_ci95": median_interval(per_round),
+        "ratios": per_round,
+    }
+
+
+def summarise(times: dict[str, list[float]]) -> dict[str, Any]:
+    """Per variant, :func:`_ratio_stats` of the measured rounds."""
     base = times["sgd"]
-    out: dict[str, Any] = {}
-    for k, ts in times.items():
-        per_round = [t / b for t, b in zip(ts, base)]
-        ratios = sorted(per_round)
-        q = len(ratios) // 4
-        out[k] = {
-            "median_ms": 1e3 * statistics.median(ts),
-            "ratio_to_sgd": statistics.median(ratios),
-            "ratio_iqr": [ratios[q], ratios[-q - 1]],
-            "ratio_ci95": median_interval(per_round),
-            "ratios": per_round,
-        }
-    return out
+    return {
+        k: _ratio_stats(1e3 * statistics.median(ts), [t / b for t, b in zip(ts, base)])
+        for k, ts in times.items()
+    }
 
 
 def update_weights(share_full: float, searches_per_update: float, reuse: bool,
@@ -169,19 +173,13 @@ def expected_cost(summary: dict[str, Any], share_full: float, searches_per_updat
 def pool(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Several measurements as one: their rounds joined (the per-round ratios of each), the
     median time the median of theirs."""
-    out: dict[str, Any] = {}
-    for k in summaries[0]:
-        ratios = [r for s in summaries for r in s[k]["ratios"]]
-        srt = sorted(ratios)
-        q = len(srt) // 4
-        out[k] = {
-            "median_ms": statistics.median(s[k]["median_ms"] for s in summaries),
-            "ratio_to_sgd": statistics.median(srt),
-            "ratio_iqr": [srt[q], srt[-q - 1]],
-            "ratio_ci95": median_interval(ratios),
-            "ratios": ratios,
-        }
-    return out
+    return {
+        k: _ratio_stats(
+            statistics.median(s[k]["median_ms"] for s in summaries),
+            [r for s in summaries for r in s[k]["ratios"]],
+        )
+        for k in summaries[0]
+    }
 
 
 SCHEDULES = (
