@@ -127,6 +127,28 @@ def _accepted_keywords(cls: type[Optimizer]) -> tuple[set[str], bool]:
     return names, var_kw
 
 
+def check_base_class(owner: str, base_cls: type[Optimizer]) -> None:
+    """Refuse a base optimizer whose ``step()`` a SAM-family update cannot call: one that
+    needs a closure (``LBFGS``: it re-evaluates the loss itself, in a line search) or one that
+    steps sparse gradients only (``SparseAdam``; the direction ``d`` is dense)."""
+    base = base_cls.__name__
+    if issubclass(base_cls, torch.optim.SparseAdam):
+        raise ValueError(
+            f"{owner} cannot wrap {base}: it steps sparse gradients only and the SAM-family "
+            "direction d is dense; use torch.optim.Adam"
+        )
+    try:
+        step = inspect.signature(base_cls.step).parameters.get("closure")
+    except (TypeError, ValueError):  # pragma: no cover - C extensions without a signature
+        step = None
+    if step is not None and step.default is inspect.Parameter.empty:
+        raise ValueError(
+            f"{owner} cannot wrap {base}: its step() needs a closure (it evaluates the loss "
+            "itself), and the SAM-family update steps the base optimizer once with d, "
+            "without one"
+        )
+
+
 def split_base_kwargs(
     owner: str,
     base_cls: type[Optimizer],
@@ -139,7 +161,9 @@ def split_base_kwargs(
 
     ``loose``: keywords the wrapper's signature did not take (they go to the base optimizer);
     ``base_kwargs``: the explicit mapping, if given; ``explicit``: every keyword the caller
-    wrote; ``own``: the keywords this wrapper's signature takes."""
+    wrote; ``own``: the keywords this wrapper's signature takes. A base optimizer the update
+    cannot drive is refused first (:func:`check_base_class`)."""
+    check_base_class(owner, base_cls)
     accepted, var_kw = _accepted_keywords(base_cls)
     base = base_cls.__name__
     for name in sorted(loose):

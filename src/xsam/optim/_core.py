@@ -172,7 +172,7 @@ class SAMFamily(Optimizer):
         self._base_ready = True
         check_params(self.param_groups, self._param_names())
 
-        self._norm_snapshot = NormStatsSnapshot(model) if model is not None else None
+        self._norm_snapshot: NormStatsSnapshot | None = None  # made for self.model when used
         self._stats_saved = False  # the snapshot holds this update's statistics
         self._update: _Update | None = None
         self.updates = 0  # applied updates, full and cheap
@@ -188,6 +188,36 @@ class SAMFamily(Optimizer):
         self._reduce: ReduceFn | None = (
             self._dist.sum_over_shards if self._dist.kind == "fsdp" else None
         )
+
+    def attach(self, model: nn.Module, perturbation: str | None = None) -> None:
+        """Point the optimizer at ``model``, the module the training actually runs through,
+        as if it had been given as ``model=``: a framework that builds the optimizer first and
+        wraps the model afterwards (``DistributedDataParallel``, FSDP2's ``fully_shard``) calls
+        this once the wrapper exists, and the optimizer then synchronises its passes as the
+        wrapper requires (see :mod:`xsam.distributed`). The integrations call it themselves.
+
+        ``perturbation``: ``"local"`` or ``"global"``; ``None`` keeps the mode already in
+        force under DDP, else the default (``"local"`` under DDP, ``"global"`` under FSDP).
+        Raises in the middle of an update, and when ``model`` does not hold every parameter
+        this optimizer trains."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"attach: model must be a torch.nn.Module, got {type(model).__name__}")
+        if self._update is not None:
+            raise RuntimeError("attach() called in the middle of an update; finish it first")
+        params = self._group_params()
+        owned = {id(p) for p in model.parameters()}
+        if any(id(p) not in owned for p in params):
+            raise ValueError(
+                "attach: the model does not hold every parameter of this optimizer; pass the "
+                "module the optimizer's parameters belong to (or its DDP/FSDP wrapper)"
+            )
+        if perturbation is None and self._dist.active:
+            perturbation = self._dist.perturbation
+        self._dist = resolve_distribution(model, params, perturbation)
+        self._reduce = self._dist.sum_over_shards if self._dist.kind == "fsdp" else None
+        self.model = model
+        self._norm_snapshot = NormStatsSnapshot(model)
+        self._stats_saved = False
 
     @property
     def perturb_due(self) -> bool:
@@ -301,9 +331,16 @@ class SAMFamily(Optimizer):
             yield
 
     def _save_stats(self) -> None:
-        if self._norm_snapshot is not None:
-            self._norm_snapshot.save()
-            self._stats_saved = True
+        """Record the running statistics of ``self.model`` as it is now (its buffers are looked
+        up at each save, so a model moved or converted after construction is followed)."""
+        if self.model is None:
+            self._stats_saved = False
+            return
+        snap = self._norm_snapshot
+        if snap is None or snap.model is not self.model:
+            snap = self._norm_snapshot = NormStatsSnapshot(self.model)
+        snap.save()
+        self._stats_saved = True
 
     def _restore_stats(self) -> None:
         if self._norm_snapshot is not None and self._stats_saved:
@@ -637,7 +674,9 @@ class SAMFamily(Optimizer):
         scaler: torch.amp.GradScaler | None = None,
     ) -> bool:
         """:meth:`descent_direction`, then step the base optimizer (through ``scaler.step`` if an
-        enabled GradScaler is given; call ``scaler.update()`` yourself afterwards, as usual).
+        enabled GradScaler is given, after ``scaler.unscale_``, so that the base optimizer's
+        step pre-hooks see ``d`` itself, fused optimizers included; call ``scaler.update()``
+        yourself afterwards, as usual).
         Returns whether the update was applied. A skipped update never reaches the base
         optimizer, whatever the scaler (enabled, disabled or none): the weights and the
         optimizer state stay bit-identical, and an enabled scaler still sees the non-finite
@@ -656,6 +695,7 @@ class SAMFamily(Optimizer):
     def _base_step(self, ok: bool, scaler: torch.amp.GradScaler | None) -> None:
         if scaler is not None and scaler.is_enabled():
             if ok:
+                _unscale(scaler, self.base_optimizer)
                 scaler.step(self.base_optimizer)
             else:
                 with _step_disabled(self.base_optimizer):
@@ -1036,6 +1076,20 @@ class SAMFamily(Optimizer):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps}, base={self.base_optimizer!r})"
+
+
+def _unscale(scaler: torch.amp.GradScaler, opt: Optimizer) -> None:
+    """Unscale ``opt``'s gradients now, unless that was done since the scaler's last update.
+
+    ``GradScaler.step`` does not unscale an optimizer that takes the scale into its own kernel
+    (``_step_supports_amp_scaling``: ``fused=True`` SGD, Adam, AdamW, Adagrad): its step
+    pre-hooks (the clipping of ``d``) would see ``scale·d``. Unscaled first, every optimizer
+    and every hook sees ``d`` itself; ``scaler.step`` then passes no scale to a fused kernel
+    and still skips on the inf check recorded here."""
+    states = getattr(scaler, "_per_optimizer_states", None)
+    stage = states[id(opt)].get("stage") if states is not None else None
+    if stage is None or getattr(stage, "name", "READY") == "READY":
+        scaler.unscale_(opt)
 
 
 @contextlib.contextmanager
