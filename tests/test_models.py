@@ -24,6 +24,7 @@ PARAMS_10 = {
     "vgg11_bn": 9_231_114,
     "densenet121": 6_956_298,
     "wrn28_10": 36_479_194,
+    "vit": 306_826,  # 7x7 patches, width 96, depth 4, MLP ratio 2 (tests/test_vit.py: formula)
 }
 PARAMS_100 = {
     "mlp": 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 100 + 100,
@@ -35,6 +36,7 @@ PARAMS_100 = {
     "vgg11_bn": 9_277_284,
     "densenet121": 7_048_548,
     "wrn28_10": 36_536_884,
+    "vit": 306_826 + 96 * 90 + 90,
 }
 SMALL = ("small_cnn", "resnet20")
 CONV_NAMES = tuple(n for n in MODEL_NAMES if n not in FIXED_INPUT)

@@ -2,8 +2,8 @@
 
 Every convolutional model ends in adaptive average pooling, so it also runs on other input
 sizes (28x28 grayscale with ``in_channels=1``, for instance); ``mlp`` and ``plain_cnn`` (the
-label-noise benchmark's models, without normalisation) are built for one input size
-(``image_size``). Convolutions are Kaiming-normal initialised
+label-noise benchmark's models, without normalisation) and ``vit`` (a small vision
+transformer) are built for one input size (``image_size``). Convolutions are Kaiming-normal initialised
 (fan_out, ReLU), BatchNorm layers start at weight 1 and bias 0; construction is deterministic
 under :func:`torch.manual_seed`.
 
@@ -29,6 +29,7 @@ from .plain_cnn import PlainCNN, plain_cnn
 from .resnet import CifarResNet, ResNet, resnet18, resnet20, resnet50
 from .small import SmallCNN, small_cnn
 from .vgg import VGG, vgg11_bn
+from .vit import ViT, vit
 from .wide_resnet import WideResNet, wrn28_10
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -41,14 +42,15 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "vgg11_bn": vgg11_bn,
     "densenet121": densenet121,
     "wrn28_10": wrn28_10,
+    "vit": vit,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 """Names accepted by :func:`build_model`."""
 
-FIXED_INPUT: frozenset[str] = frozenset({"mlp", "plain_cnn"})
-"""Models whose input size is fixed at construction (``image_size`` of :func:`build_model`);
-they have no normalisation layers."""
+FIXED_INPUT: frozenset[str] = frozenset({"mlp", "plain_cnn", "vit"})
+"""Models whose input size is fixed at construction (``image_size`` of :func:`build_model`):
+``mlp`` and ``plain_cnn`` (no normalisation layers) and ``vit`` (its number of patches)."""
 
 
 def build_model(
@@ -65,7 +67,7 @@ def build_model(
         num_classes: number of output logits (>= 1).
         in_channels: number of input image channels (>= 1).
         image_size: the input's height = width. Only the models with a fixed input size
-            (:data:`FIXED_INPUT`: ``mlp``, ``plain_cnn``) use it (default 28 there); the convolutional
+            (:data:`FIXED_INPUT`: ``mlp``, ``plain_cnn``, ``vit``) use it (default 28 there); the convolutional
             models run on any size and ignore it.
         **kwargs: extra keyword arguments for the model's builder, e.g. ``dropout`` for
             ``small_cnn`` and ``wrn28_10``, ``width`` / ``depth`` for ``mlp``. An argument
@@ -94,6 +96,7 @@ __all__ = [
     "FIXED_INPUT",
     "MODEL_NAMES",
     "VGG",
+    "ViT",
     "CifarResNet",
     "DenseNet",
     "MLP",
@@ -110,5 +113,6 @@ __all__ = [
     "plain_cnn",
     "small_cnn",
     "vgg11_bn",
+    "vit",
     "wrn28_10",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "SCHEDULES",
     "SGD_BASE_FIELDS",
     "TrainConfig",
+    "WEIGHT_DECAY_ON",
     "XSAM_FIELDS",
     "apply_overrides",
     "parse_alpha",
@@ -48,6 +49,7 @@ OPTIMIZERS = ("sgd", "sam", "xsam")
 """``sgd``: the base optimizer alone; ``sam``: (k-step, optionally adaptive) SAM; ``xsam``."""
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
+WEIGHT_DECAY_ON = ("all", "matrices")
 AMP_MODES = ("off", "bf16", "fp16")
 AUGMENT_ALIASES = {"paper": "crop4+flip+cutout16@0.5", "none": ""}
 PAPER_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
@@ -100,6 +102,10 @@ class TrainConfig:
         on the cheap steps between; the draws seeded by ``seed``). The defaults make every
         update full.
         base: ``sgd`` or ``adamw``, with lr, momentum (SGD only), weight_decay, nesterov.
+        weight_decay_on: ``all`` (every parameter) or ``matrices`` (parameters of two or more
+        dimensions only, less those the model's ``no_weight_decay()`` names, e.g. a ViT's
+        class token and position embedding: biases and norm weights are not decayed; see
+        :func:`xsam.models.vit.decay_groups`).
         A setting the optimizer does not use (:func:`unused_fields`: the SAM family's with
         ``sgd``, XSAM's with ``sam``, momentum and nesterov with ``adamw``) is accepted and
         ignored; only its type is checked.
@@ -142,6 +148,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-3
     nesterov: bool = False
+    weight_decay_on: str = "all"
     epochs: int = 10
     batch_size: int = 125
     schedule: str = "cosine"
@@ -207,6 +214,9 @@ class TrainConfig:
         c.amp = _choice("amp", str(c.amp).lower(), AMP_MODES)
         c.perturbation = _choice("perturbation", str(c.perturbation).lower(), ("local", "global"))
         c.noise_type = _choice("noise_type", str(c.noise_type).lower(), NOISE_TYPES)
+        c.weight_decay_on = _choice(
+            "weight_decay_on", str(c.weight_decay_on).lower(), WEIGHT_DECAY_ON
+        )
         c.device = _device("device", c.device)
         parse_augment(c.augment)
         for name in ("adaptive", "nesterov", "keep_checkpoints"):
@@ -301,9 +311,9 @@ XSAM_FIELDS = ("alpha", "rho_max", "alpha_grid", "alpha_every")
 """XSAM's α settings: used by ``xsam`` only."""
 SGD_BASE_FIELDS = ("momentum", "nesterov")
 """Settings of the SGD base optimizer: not used with ``base="adamw"``."""
-WIDTH_MODELS = ("mlp", "plain_cnn")
+WIDTH_MODELS = ("mlp", "plain_cnn", "vit")
 """Models with a ``width`` option."""
-DEPTH_MODELS = ("mlp",)
+DEPTH_MODELS = ("mlp", "vit")
 """Models with a ``depth`` option."""
 
 
@@ -529,6 +539,7 @@ _PARSERS: dict[str, Any] = {
     "momentum": _typed(float),
     "weight_decay": _typed(float),
     "nesterov": _bool,
+    "weight_decay_on": str,
     "epochs": _typed(int),
     "batch_size": _typed(int),
     "schedule": str,
@@ -667,6 +678,24 @@ PRESETS["fmnist-noise-cnn"] = {
 PRESET_NOTES["fmnist-noise-cnn"] = (
     "the label-noise benchmark with a convolutional model that memorises: plain_cnn (1.63M "
     "parameters, no normalisation), 40% noise, no augmentation, 20 epochs; a few min per run"
+)
+PRESETS["fmnist-noise-vit"] = {
+    **PRESETS["fmnist-noise-mlp"],
+    "model": "vit",
+    "width": 96,
+    "depth": 4,
+    "augment": "none",
+    "base": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "weight_decay_on": "matrices",
+    "warmup_epochs": 2.0,
+    "rho": 0.05,
+}
+PRESET_NOTES["fmnist-noise-vit"] = (
+    "the label-noise benchmark with a small vision transformer from scratch (7×7 patches, "
+    "width 96, depth 4) and AdamW (lr 1e-3, 2 warm-up epochs, cosine, decay 0.05 on weight "
+    "matrices only), 40% noise, 30 epochs; about 3 min (AdamW) to 7 min (XSAM) per run on one thread"
 )
 PRESETS["fmnist-sample-noise-mlp"] = {
     **_NOISE_MLP,

@@ -22,6 +22,7 @@ from torch import nn
 from .. import SAM, XSAM, PerturbationSchedule, __version__
 from ..data import BatchLoader
 from ..models import build_model
+from ..models.vit import decay_groups
 from .checkpoint import CHECKPOINT, get_rng_state, set_rng_state
 from .config import ConfigError, TrainConfig, resume_diff, unused_fields
 from .ranks import Ranks
@@ -131,7 +132,10 @@ def build_optimizer(
         base_kw.update(momentum=config.momentum, nesterov=config.nesterov)
     else:
         base_cls = torch.optim.AdamW
-    params = model.parameters()
+    params: Any = model.parameters()
+    if config.weight_decay_on == "matrices":
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        params = decay_groups(inner, config.weight_decay)
     try:
         if config.optimizer == "sgd":
             return base_cls(params, **base_kw)
