@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 __all__ = ["NormStatsSnapshot", "frozen_norm_stats", "norm_modules"]
+
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def norm_modules(model: nn.Module) -> list[nn.Module]:
@@ -51,7 +54,7 @@ def frozen_norm_stats(model: nn.Module | None) -> Iterator[None]:
                 m.track_running_stats = False
                 switched.append(m)
         else:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
+            for name in _STATS:
                 buf = getattr(m, name, None)
                 if isinstance(buf, torch.Tensor):
                     saved.append((buf, buf.detach().clone()))
@@ -65,39 +68,67 @@ def frozen_norm_stats(model: nn.Module | None) -> Iterator[None]:
                 buf.copy_(copy)
 
 
+def _live_stats(model: nn.Module) -> list[torch.Tensor]:
+    """The running-statistics buffers ``model`` holds *now* (``module.to()``, ``.double()``,
+    ``accelerator.prepare`` replace buffer tensors, so they are looked up at every use)."""
+    return [
+        buf
+        for m in norm_modules(model)
+        for name in _STATS
+        if isinstance(buf := getattr(m, name, None), torch.Tensor)
+    ]
+
+
 class NormStatsSnapshot:
     """Keeps a copy of every running statistic of ``model`` so that an update that is skipped
-    (non-finite loss or gradient) can put back what its clean pass wrote. The copies live in
-    buffers allocated once and refreshed with one ``_foreach_copy_`` per device and dtype."""
+    (non-finite loss or gradient) can put back what its clean pass wrote.
+
+    The buffers are found in ``model`` at each :meth:`save` and :meth:`restore`, not once at
+    construction: moving or converting the model (``model.to(device)``, ``.double()``,
+    ``accelerator.prepare(model)``) replaces its buffer tensors while keeping its parameters, so
+    buffers remembered from construction would no longer be the ones training writes. The
+    copies are allocated once (again only when the buffers' shapes, dtypes or devices change)
+    and refreshed with one ``_foreach_copy_`` per device and dtype."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._live: list[torch.Tensor] = []
-        for m in norm_modules(model):
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                buf = getattr(m, name, None)
-                if isinstance(buf, torch.Tensor):
-                    self._live.append(buf)
-        self._copies = [b.detach().clone() for b in self._live]
+        self.model = model
+        self._copies: list[torch.Tensor] = []
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(_live_stats(self.model))
 
     @torch.no_grad()
     def save(self) -> None:
-        if self._live:
-            _copy_lists(self._copies, self._live)
+        live = _live_stats(self.model)
+        if not _same_layout(self._copies, live):
+            self._copies = [torch.empty_like(b) for b in live]
+        if live:
+            _copy_lists(self._copies, live)
 
     @torch.no_grad()
     def restore(self) -> None:
-        if self._live:
-            _copy_lists(self._live, self._copies)
+        """Put back the statistics of the last :meth:`save` (into the buffers the model holds
+        now, converted if it was moved in between)."""
+        live = _live_stats(self.model)
+        if [b.shape for b in live] != [c.shape for c in self._copies]:
+            raise RuntimeError(
+                "the normalisation layers of the model changed between saving and restoring "
+                f"their running statistics ({len(self._copies)} buffers saved, {len(live)} now)"
+            )
+        if live:
+            _copy_lists(live, self._copies)
+
+
+def _same_layout(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(
+        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device for x, y in zip(a, b)
+    )
 
 
 def _copy_lists(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]]
-    groups = {}
+    groups: dict[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for d, s in zip(dst, src, strict=True):
-        g = groups.setdefault((d.device, d.dtype), ([], []))
+        g = groups.setdefault((d.device, d.dtype, s.device, s.dtype), ([], []))
         g[0].append(d)
         g[1].append(s)
     for d_list, s_list in groups.values():

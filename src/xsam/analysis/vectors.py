@@ -160,10 +160,7 @@ class FlatModel:
 
     def __init__(self, model: nn.Module, *, seed: int = 0) -> None:
         self.model = model
-        self.params = trainable_parameters(model)
-        self.dtype = flat_dtype(self.params)
-        self.device = self.params[0].device
-        self.numel = sum(p.numel() for p in self.params)
+        self._read_model()
         self.seed = int(seed)
         self.evaluations = 0  # forward passes run
         self.gradients = 0  # backward passes run
@@ -176,6 +173,7 @@ class FlatModel:
     def __enter__(self) -> FlatModel:
         if self._stack is not None:
             raise RuntimeError("FlatModel is not re-entrant; open a new one")
+        self._read_model()  # the model as it is now (it may have been moved or converted)
         self._saved = [p.detach().clone() for p in self.params]
         self._modes = [(m, m.training) for m in self.model.modules()]
         self.theta0 = get_flat(self.params, self.dtype)
@@ -202,6 +200,12 @@ class FlatModel:
                 stack.close()
         finally:
             self._restore()
+
+    def _read_model(self) -> None:
+        self.params = trainable_parameters(self.model)
+        self.dtype = flat_dtype(self.params)
+        self.device = self.params[0].device
+        self.numel = sum(p.numel() for p in self.params)
 
     def _restore(self) -> None:
         with torch.no_grad():
