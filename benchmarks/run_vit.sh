@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# A small vision transformer from scratch with AdamW (issue 20, cell 1): the label-noise
+# benchmark's data (full Fashion-MNIST, 10k training images, 5k validation images carrying
+# the same noise, the 10k test images clean) with the preset fmnist-noise-vit (ViT 7x7 patches,
+# width 96, depth 4; AdamW lr 1e-3, 2 warm-up epochs then cosine, weight decay 0.05 on weight
+# matrices only, 30 epochs, no augmentation). Results and their reading: BENCHMARKS.md.
+#   sudo apt-get install -y dataset-fashion-mnist      # the full data set, offline
+#   nice -n 10 benchmarks/run_vit.sh                   # ~4 h per noise level on one CPU thread
+# Resumable: rerun the same command and finished runs are skipped, stopped ones resumed.
+#
+# Per noise level (NOISES, default "0.4 0.0"):
+# 1) SAM(AdamW)'s and XSAM(AdamW)'s rho chosen by `xsam tune` on the noisy validation split
+#    (seed 0; the test set plays no part): RHOS (default 0.025-0.2), doubled past an end that
+#    wins (twice at most). AdamW's learning rate and decay are the preset's, not tuned.
+# 2) AdamW, SAM and XSAM at those radii, paired seeds 0..SEEDS_MAX (default 4), one seed at a
+#    time so that every finished seed is a complete pair (`--seeds 0-n`, finished runs skipped).
+# 3) the summaries (configs, metrics, results, no checkpoints) copied to benchmarks/results/vit/.
+# SCHEDULE=1 adds the schedule row (SAM with LookSAM reuse lambda REUSE=0.5 on the cheap steps,
+# a full update every 4th step) to the 40% grid, all seeds.
+# The runs import the code snapshot $OUT/src (copied from src/ at the first start, so that
+# edits to the tree during a study of several hours cannot change it midway; SNAPSHOT=0 uses
+# the tree itself; delete $OUT/src to take a newer tree, for a new study).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/vit}
+RESULTS=${RESULTS:-benchmarks/results/vit}
+PRESET=fmnist-noise-vit
+mkdir -p "$OUT"
+if [[ "${SNAPSHOT:-1}" == 1 ]]; then
+  if [[ ! -d "$OUT/src" ]]; then
+    cp -r src "$OUT/src.tmp" && find "$OUT/src.tmp" -name __pycache__ -prune -exec rm -rf {} +
+    git rev-parse HEAD > "$OUT/src.tmp/COMMIT" && git status --short src > "$OUT/src.tmp/STATUS"
+    mv "$OUT/src.tmp" "$OUT/src"
+  fi
+  export PYTHONPATH="$PWD/$OUT/src${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export OMP_NUM_THREADS=1
+chosen() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["chosen"]["rho"])' "$1/tune.json"; }
+widen() {  # $1 tune folder, $2 the radii tried: the list grown past the end that won, or nothing
+  $PY - "$1/tune.json" "$2" <<'PYEOF'
+import json, sys
+chosen = json.load(open(sys.argv[1]))["chosen"]["rho"]
+rhos = sorted(float(r) for r in sys.argv[2].split(","))
+if chosen == rhos[-1]:
+    rhos.append(2 * rhos[-1])
+elif chosen == rhos[0]:
+    rhos.insert(0, rhos[0] / 2)
+else:
+    sys.exit(0)
+print(",".join(f"{r:g}" for r in rhos))
+PYEOF
+}
+tune() {  # $1 optimizer, $2 folder: the sweep, widened (twice at most) while one of its ends wins
+  local rhos=${RHOS:-0.025,0.05,0.1,0.2} more attempt
+  for attempt in 1 2 3; do
+    $PY -m xsam tune "${COMMON[@]}" --optimizer "$1" --rhos "$rhos" --seeds 0 --out "$2"
+    [[ $attempt == 3 ]] && return 0
+    more=$(widen "$2" "$rhos")
+    [[ -n "$more" ]] || return 0
+    rhos=$more
+  done
+}
+collect() {  # $1 a cell folder under $OUT: copied to $RESULTS without checkpoints
+  $PY - "$1" "$RESULTS/$(basename "$1")" <<'PYEOF'
+import shutil, sys
+shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("*.pt", "checkpoints", "*.tmp"))
+PYEOF
+}
+for NOISE in ${NOISES:-0.4 0.0}; do
+  TAG=n$($PY -c "print(round($NOISE * 100))")
+  DIR="$OUT/fmnist_vit_$TAG"
+  COMMON=(--preset "$PRESET" --label-noise "$NOISE" --quiet --jobs 1 --threads 1)
+  tune sam "$DIR/tune_sam"
+  collect "$DIR"
+  tune xsam "$DIR/tune_xsam"
+  collect "$DIR"
+  S=$(chosen "$DIR/tune_sam"); X=$(chosen "$DIR/tune_xsam")
+  echo "$TAG: chosen on validation: sam $S, xsam $X"
+  VARIANTS="sgd,sam:rho=$S,xsam:rho=$X"
+  PAIRS="sam:rho=$S-sgd,xsam:rho=$X-sgd,xsam:rho=$X-sam:rho=$S"
+  for n in $(seq 0 "${SEEDS_MAX:-4}"); do
+    $PY -m xsam compare "${COMMON[@]}" --seeds "0-$n" --out "$DIR/grid" \
+      --optimizers "$VARIANTS" --pairs "$PAIRS"
+    collect "$DIR"
+  done
+  if [[ "${SCHEDULE:-0}" == 1 && "$TAG" == n40 ]]; then
+    L="sam:rho=$S,perturb_every=4,perturb_reuse=${REUSE:-0.5}"
+    $PY -m xsam compare "${COMMON[@]}" --seeds "0-${SEEDS_MAX:-4}" --out "$DIR/grid" \
+      --optimizers "$VARIANTS,$L" --pairs "$PAIRS,$L-sgd,$L-sam:rho=$S"
+    collect "$DIR"
+  fi
+done
