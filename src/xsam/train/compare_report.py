@@ -1,0 +1,489 @@
+"""Reporting a comparison: its runs read back, statistics per variant and per pair, the
+markdown table, ``results.md`` / ``results.json`` and the plots.
+
+:func:`load_runs` reads the runs of a comparison folder (from ``compare.json``);
+:func:`aggregate` gives one :class:`VariantRow` per variant (mean ± sample std over seeds),
+:func:`compare_pairs` one :class:`PairResult` per pair (the paired difference with its 95%
+interval and verdict, :mod:`xsam.train.stats`); :func:`format_table` and :func:`format_pairs`
+are their markdown; :func:`report_comparison` writes the whole report of a folder. The records
+are typed dicts: JSON as they are, and what ``results.json`` holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypedDict
+
+import torch
+
+from .checkpoint import atomic_write_text, read_metrics, run_status
+from .compare_plan import MANIFEST, PLOT_ACC, PLOT_ALPHA, RESULTS_JSON, RESULTS_MD
+from .compare_run import FailedRun, cpu_count
+from .config import ConfigError, TrainConfig
+from .stats import MINUS, format_points, paired_difference, verdict, verdict_line
+
+__all__ = [
+    "PLOTS_SKIPPED",
+    "ComparisonResult",
+    "Difference",
+    "PairResult",
+    "RunRecord",
+    "VariantRow",
+    "aggregate",
+    "compare_pairs",
+    "format_pairs",
+    "format_table",
+    "load_runs",
+    "mean_std",
+    "plot_runs",
+    "plotting_available",
+    "report_comparison",
+    "results_markdown",
+    "run_threads",
+]
+
+MeanStd = tuple[float, float]
+
+
+class RunRecord(TypedDict):
+    """One run of a comparison as read back: its variant ``label``, ``seed``, run folder
+    ``dir``, saved ``config`` (``None`` before it started), per-epoch ``metrics`` and whether
+    it is ``complete``."""
+
+    label: str
+    seed: int
+    dir: str
+    config: TrainConfig | None
+    metrics: list[dict[str, Any]]
+    complete: bool
+
+
+class VariantRow(TypedDict):
+    """One variant over its complete runs (accuracies in %, ``(mean, sample std)``):
+    ``n`` runs of ``planned``, their ``seeds``; ``final_val_acc`` is ``None`` unless every
+    run has a validation set, ``alpha`` unless a run logged α."""
+
+    label: str
+    n: int
+    planned: int
+    seeds: list[int]
+    final_acc: MeanStd
+    best_acc: MeanStd
+    final_val_acc: MeanStd | None
+    wall_s: MeanStd
+    alpha: MeanStd | None
+
+
+class Difference(TypedDict):
+    """A paired difference ``b − a`` in points (:func:`xsam.train.stats.paired_difference`):
+    ``mean`` (``None`` without a common seed), the 95% interval ``lo``–``hi``, ``sd`` and
+    ``t`` (``None`` with fewer than two seeds), its ``verdict`` and one-sentence ``line``."""
+
+    mean: float | None
+    lo: float | None
+    hi: float | None
+    sd: float | None
+    t: float | None
+    verdict: str
+    line: str
+
+
+class PairResult(TypedDict):
+    """The pair ``(label_a, label_b)`` over the ``n`` ``seeds`` both completed: the
+    difference of the ``final`` and of the ``best`` test accuracy."""
+
+    label_a: str
+    label_b: str
+    n: int
+    seeds: list[int]
+    final: Difference
+    best: Difference
+
+
+class ComparisonResult(TypedDict):
+    """What :func:`~xsam.train.compare.run_compare` returns: the ``rows`` and their markdown
+    ``table``, the ``pairs``, the ``files`` written and the ``failed`` runs."""
+
+    rows: list[VariantRow]
+    table: str
+    pairs: list[PairResult]
+    files: list[str]
+    failed: list[FailedRun]
+
+
+def compare_pairs(runs: Sequence[RunRecord], pairs: Sequence[tuple[str, str]]) -> list[PairResult]:
+    """For every ``(a, b)``: the paired difference ``b − a`` of the final and of the best
+    test accuracy (points), over the seeds both completed, with its 95% interval and verdict:
+    a :class:`PairResult` per pair, its ``final`` and ``best`` a :class:`Difference` (see
+    :mod:`xsam.train.stats`)."""
+    done: dict[str, dict[int, RunRecord]] = {}
+    for r in runs:
+        if r["complete"] and r["metrics"]:
+            done.setdefault(r["label"], {})[r["seed"]] = r
+    out = []
+    for a, b in pairs:
+        ra, rb = done.get(a, {}), done.get(b, {})
+        seeds = [s for s in ra if s in rb]
+        final = _difference(
+            [_final_acc(ra[s]) for s in seeds], [_final_acc(rb[s]) for s in seeds], a, b
+        )
+        best = _difference(
+            [_best_acc(ra[s]) for s in seeds], [_best_acc(rb[s]) for s in seeds], a, b
+        )
+        out.append(
+            {
+                "label_a": a,
+                "label_b": b,
+                "n": len(seeds),
+                "seeds": seeds,
+                "final": final,
+                "best": best,
+            }
+        )
+    return out
+
+
+def _difference(xa: Sequence[float], xb: Sequence[float], a: str, b: str) -> Difference:
+    diff = paired_difference(xa, xb)
+    return {
+        "mean": diff["mean"],
+        "lo": diff["lo"],
+        "hi": diff["hi"],
+        "sd": diff["sd"],
+        "t": diff["t"],
+        "verdict": verdict(diff, a, b),
+        "line": verdict_line(diff, a, b),
+    }
+
+
+def _final_acc(run: RunRecord) -> float:
+    return 100.0 * run["metrics"][-1]["test_acc"]
+
+
+def _best_acc(run: RunRecord) -> float:
+    return 100.0 * max(m["test_acc"] for m in run["metrics"])
+
+
+def format_pairs(pairs: Sequence[PairResult]) -> str:
+    """The paired differences as a markdown table (final and best test accuracy)."""
+
+    def cell(d: Difference, n: int) -> str:
+        if n == 0:
+            return "–"
+        if d["lo"] is None:
+            return f"{format_points(d['mean'])} (no interval)"
+        return f"{format_points(d['mean'])} [{format_points(d['lo'])}, {format_points(d['hi'])}]"
+
+    lines = [
+        f"| B {MINUS} A | seeds | final test acc (points) | verdict "
+        "| best test acc (points) | verdict |",
+        "|---|---:|---:|---|---:|---|",
+    ]
+    for p in pairs:
+        f, b = p["final"], p["best"]
+        lines.append(
+            f"| {p['label_b']} {MINUS} {p['label_a']} | {p['n']} | {cell(f, p['n'])} "
+            f"| {f['verdict']} | {cell(b, p['n'])} | {b['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def report_comparison(
+    base: TrainConfig,
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    pairs: Sequence[tuple[str, str]],
+    failed: Sequence[FailedRun] = (),
+    *,
+    plots: bool = True,
+) -> ComparisonResult:
+    """Read the runs of the comparison folder ``out_dir`` back and write its report:
+    ``results.md``, ``results.json`` (``{"rows", "pairs", "failed"}``) and, with ``plots``,
+    ``test_acc.png`` / ``alpha.png`` (a note on stderr when matplotlib is missing)."""
+    out_dir = Path(out_dir)
+    runs = load_runs(out_dir)
+    rows = aggregate(runs)
+    table = format_table(rows)
+    paired = compare_pairs(runs, pairs)
+    files = [out_dir / RESULTS_MD, out_dir / RESULTS_JSON]
+    atomic_write_text(
+        out_dir / RESULTS_MD, results_markdown(base, seeds, table, runs, paired, failed)
+    )
+    numbers = {"rows": rows, "pairs": paired, "failed": list(failed)}
+    atomic_write_text(out_dir / RESULTS_JSON, json.dumps(numbers, indent=2) + "\n")
+    if plots:
+        files += plot_runs(runs, out_dir)
+        if not plotting_available():
+            print(f"xsam: {PLOTS_SKIPPED}", file=sys.stderr)
+    return {
+        "rows": rows,
+        "table": table,
+        "pairs": paired,
+        "files": [str(f) for f in files],
+        "failed": list(failed),
+    }
+
+
+# ---------------------------------------------------------------------- aggregation
+def load_runs(out_dir: str | Path) -> list[RunRecord]:
+    """The runs of a comparison folder (from ``compare.json``), each a :class:`RunRecord`."""
+    out_dir = Path(out_dir)
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{out_dir} is not a comparison folder (no readable {MANIFEST})") from exc
+    runs: list[RunRecord] = []
+    for entry in manifest["runs"]:
+        run_dir = out_dir / entry["dir"]
+        status, config, _ = run_status(run_dir)
+        runs.append(
+            {
+                "label": entry["label"],
+                "seed": entry["seed"],
+                "dir": str(run_dir),
+                "config": config,
+                "metrics": read_metrics(run_dir),
+                "complete": status == "complete",
+            }
+        )
+    return runs
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n − 1`` in the denominator; 0 for one value)."""
+    if not values:
+        return math.nan, math.nan
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def aggregate(runs: Sequence[RunRecord]) -> list[VariantRow]:
+    """One :class:`VariantRow` per variant label (in first-seen order) over its complete
+    runs: ``n``, ``final_acc`` / ``best_acc`` / ``wall_s`` / ``alpha`` as ``(mean, std)``, and
+    ``final_val_acc`` (``None`` unless every run has a validation set); accuracies in %."""
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    rows: list[VariantRow] = []
+    for label in labels:
+        done = [r for r in runs if r["label"] == label and r["complete"] and r["metrics"]]
+        finals = [100.0 * r["metrics"][-1]["test_acc"] for r in done]
+        bests = [100.0 * max(m["test_acc"] for m in r["metrics"]) for r in done]
+        vals = [100.0 * r["metrics"][-1]["val_acc"] for r in done if _has_val(r)]
+        walls = [r["metrics"][-1]["wall_s"] for r in done]
+        alphas = [
+            r["metrics"][-1]["alpha"] for r in done if r["metrics"][-1].get("alpha") is not None
+        ]
+        rows.append(
+            {
+                "label": label,
+                "n": len(done),
+                "planned": sum(r["label"] == label for r in runs),
+                "seeds": [r["seed"] for r in done],
+                "final_acc": mean_std(finals),
+                "best_acc": mean_std(bests),
+                "final_val_acc": mean_std(vals) if vals and len(vals) == len(done) else None,
+                "wall_s": mean_std(walls),
+                "alpha": mean_std(alphas) if alphas else None,
+            }
+        )
+    return rows
+
+
+def _has_val(run: RunRecord) -> bool:
+    return run["metrics"][-1].get("val_acc") is not None
+
+
+def _pm(ms: Sequence[float] | None, n: int, digits: int) -> str:
+    if ms is None or n == 0 or math.isnan(ms[0]):
+        return "–"
+    mean, std = ms
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A markdown table: mean ± std (sample std) over the seeds of each variant, with a
+    validation accuracy column when some variant has a validation set. ``rows``:
+    :class:`VariantRow` s, or the ``"rows"`` of a ``results.json``."""
+    val = any(r.get("final_val_acc") is not None for r in rows)
+    lines = [
+        "| optimizer | runs | "
+        + ("final val acc (%) | " if val else "")
+        + "final test acc (%) | best test acc (%) | final α | wall time (s) |",
+        "|---|---:|" + ("---:|" if val else "") + "---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        n = r["n"]
+        runs = f"{n}" if n == r["planned"] else f"{n} of {r['planned']}"
+        lines.append(
+            f"| {r['label']} | {runs} | "
+            + (f"{_pm(r.get('final_val_acc'), n, 2)} | " if val else "")
+            + f"{_pm(r['final_acc'], n, 2)} | {_pm(r['best_acc'], n, 2)} "
+            f"| {_pm(r['alpha'], n, 2)} | {_pm(r['wall_s'], n, 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def run_threads(runs: Sequence[RunRecord]) -> list[int]:
+    """The CPU thread counts the runs recorded in their ``run.json`` (sorted, distinct)."""
+    found = set()
+    for r in runs:
+        try:
+            info = json.loads((Path(r["dir"]) / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(info.get("threads"), int):
+            found.add(info["threads"])
+    return sorted(found)
+
+
+def _threads_line(runs: Sequence[RunRecord]) -> str:
+    threads = run_threads(runs)
+    if not threads:
+        return ""
+    text = " or ".join(map(str, threads))
+    return f"- CPU threads per run: {text} (as each run recorded it)\n"
+
+
+PLOTS_SKIPPED = (
+    "plots skipped: matplotlib is not installed (pip install 'torch-xsam[plot]', or "
+    "pip install matplotlib, then rerun the command: finished runs are not trained again)"
+)
+
+
+def plotting_available() -> bool:
+    """Whether matplotlib can be imported (the plots need it; everything else does not)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def results_markdown(
+    base: TrainConfig,
+    seeds: Sequence[int],
+    table: str,
+    runs: Sequence[RunRecord],
+    pairs: Sequence[PairResult] = (),
+    failed: Sequence[FailedRun] = (),
+) -> str:
+    """``results.md``: what was compared, the table, the paired differences, the failed runs,
+    the command, the machine, the threads, the date and the run folders."""
+    b = base.validated()
+    what = (
+        f"{b.dataset}, {b.model}, {b.epochs} epochs, batch {b.batch_size}, {b.base} lr {b.lr:g}, "
+        f"{b.schedule} schedule, augment {b.augment}"
+        + (f", preset {b.preset}" if b.preset else "")
+        + (f", {b.val_size} training examples held out for validation" if b.val_size else "")
+        + (f", {b.limit_train} training examples" if b.limit_train else "")
+    )
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    paired = (
+        "## Paired differences (95% CI, t over seeds)\n\n"
+        f"B {MINUS} A in test accuracy points, seed by seed (the same seed: the same "
+        "initialisation and data order), over the seeds both completed: the mean and a 95% "
+        "confidence interval from Student's t with n − 1 degrees of freedom. A variant is "
+        "*better* only when the interval excludes 0.\n\n"
+        f"{format_pairs(pairs)}\n\n"
+        if pairs
+        else ""
+    )
+    failures = (
+        "## Failed runs\n\n"
+        + "".join(f"- {f['label']} seed {f['seed']} ({f['dir']}): {f['error']}\n" for f in failed)
+        + "\n"
+        if failed
+        else ""
+    )
+    return (
+        "# Optimizer comparison\n\n"
+        f"{what}; mean ± sample std over seeds {', '.join(map(str, seeds))}.\n\n"
+        f"{table}\n\n"
+        f"{paired}"
+        f"{failures}"
+        f"- command: `{' '.join(['xsam', *sys.argv[1:]])}`\n"
+        f"- machine: {platform.node()}, {_machine()}\n"
+        f"{_threads_line(runs)}"
+        f"- date: {when}\n"
+        f"- runs: {', '.join(Path(r['dir']).name for r in runs)}\n"
+    )
+
+
+# ---------------------------------------------------------------------- plots
+def _series(runs: Sequence[RunRecord], label: str, key: str, scale: float = 1.0):
+    curves = [
+        [scale * m[key] if m.get(key) is not None else math.nan for m in r["metrics"]]
+        for r in runs
+        if r["label"] == label and r["metrics"]
+    ]
+    if not curves:
+        return None
+    length = min(len(c) for c in curves)
+    epochs = list(range(1, length + 1))
+    stats = [mean_std([c[i] for c in curves]) for i in range(length)]
+    return epochs, [s[0] for s in stats], [s[1] for s in stats]
+
+
+def plot_runs(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
+    """``test_acc.png`` (test accuracy per epoch, mean and ±1 std band per variant) and, when a
+    run logged α, ``alpha.png`` (α per epoch). Returns the files written (none without
+    matplotlib)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    except ImportError:
+        return []
+    out_dir = Path(out_dir)
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    written = []
+    for key, scale, ylabel, name in (
+        ("test_acc", 100.0, "test accuracy (%)", PLOT_ACC),
+        ("alpha", 1.0, "α in use at the end of the epoch", PLOT_ALPHA),
+    ):
+        fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+        ax = fig.add_subplot()
+        drawn = False
+        for label in labels:
+            s = _series(runs, label, key, scale)
+            if s is None or all(math.isnan(v) for v in s[1]):
+                continue
+            epochs, mean, std = s
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+            if any(v > 0 for v in std):
+                lo = [m - d for m, d in zip(mean, std)]
+                hi = [m + d for m, d in zip(mean, std)]
+                ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            drawn = True
+        if not drawn:
+            continue
+        seeds = sorted({r["seed"] for r in runs})
+        title = (
+            f"seed {seeds[0]}"
+            if len(seeds) == 1
+            else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+        )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = out_dir / name
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
+        written.append(path)
+    return written
