@@ -27,7 +27,7 @@ from .landscape import plane_landscape
 from .plots import plot_cosines, plot_plane_landscape
 from .sharpness import hessian_top_eigenvalue, worst_case_sharpness
 
-__all__ = ["checkpoint_paths", "probe_run"]
+__all__ = ["checkpoint_paths", "probe_lines", "probe_run"]
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -42,6 +42,30 @@ def checkpoint_paths(run_dir: str | Path) -> dict[int, Path]:
         except ValueError:
             continue
     return out
+
+
+def probe_lines(rec: dict[str, Any]) -> list[str]:
+    """The log lines of one probed checkpoint (a record of :func:`probe_run`): the cosine to
+    u* of every candidate g0, g1..gK, xsam1..xsamK with XSAM's α* per k, and, when measured,
+    the sharpness numbers."""
+    result, epoch = rec["probe"], rec["epoch"]
+    ks = range(1, len(result["xsam"]) + 1)
+    cos = "  ".join(f"{n} {result['cos'][n]:.3f}" for n in ["g0", *(f"g{k}" for k in ks)])
+    cos += "  " + "  ".join(f"xsam{k} {result['cos'][f'xsam{k}']:.3f}" for k in ks)
+    alphas = ", ".join(f"{s['alpha_star']:g}" for s in result["xsam"])
+    lines = [
+        f"epoch {epoch}: cos to u*  {cos}  (α* per k: {alphas}; clean loss "
+        f"{result['clean_loss']:.4f}, ‖g0‖ {result['grad_norm']:.4g})"
+    ]
+    if "hessian" in rec:
+        h, w = rec["hessian"], rec["worst_case"]
+        note = "" if h["converged"] else ", not converged"
+        lines.append(
+            f"epoch {epoch}: Hessian λ_max {h['eigenvalue']:.4g} ({h['iterations']} iterations"
+            f"{note}); worst-case loss increase in the ρ = {w['rho']:g} ball {w['increase']:.4g} "
+            f"(loss {w['loss']:.4f} -> {w['max_loss']:.4f})"
+        )
+    return lines
 
 
 def probe_run(
@@ -126,11 +150,8 @@ def probe_run(
             rec["worst_case"] = worst_case_sharpness(model, loss_fn, rho=rho)
         records.append(rec)
         if log is not None:
-            c = result["cos"]
-            log(
-                f"epoch {epoch}: cos to u*  g0 {c['g0']:.3f}  g1 {c['g1']:.3f}  "
-                f"xsam1 {c['xsam1']:.3f}  (clean loss {result['clean_loss']:.4f})"
-            )
+            for line in probe_lines(rec):
+                log(line)
         # written after every checkpoint: an interrupted probe keeps what it finished
         atomic_write_text(
             dest / "probe.jsonl", "".join(json.dumps(r, default=float) + "\n" for r in records)

@@ -12,14 +12,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
-
-from ..data import DATASETS, DataError
-from ..models import MODEL_NAMES
-from .checkpoint import CONFIG
-from .compare import RunsFailed, check_jobs, parse_seeds, parse_variants, run_compare
 from .config import (
     AMP_MODES,
     BASE_OPTIMIZERS,
@@ -34,11 +28,23 @@ from .config import (
     resolve_config,
     unused_fields,
 )
-from .demo import DEMO_DIR, DEMO_EPOCHS, DEMO_OPTIMIZERS, DEMO_PRESET, demo_plan, write_demo_report
-from .loop import train
-from .tune import TUNE_JSON, TUNE_MD, chosen_line, edge_note, format_candidates, tune_rho
+from .names import DATASET_NAMES, DEMO_DIR, DEMO_EPOCHS, DEMO_OPTIMIZERS, DEMO_PRESET, MODEL_NAMES
+
+if TYPE_CHECKING:
+    from .demo import demo_plan
+
+# Only the standard library, .config and .names are imported here: `xsam --help` and argument
+# errors answer without torch (seconds to import). Each command imports what it runs.
 
 __all__ = ["DEMO_OPTIMIZERS", "DEMO_PRESET", "build_parser", "demo_plan", "main"]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: demo_plan from .demo, which imports torch
+    if name == "demo_plan":
+        from .demo import demo_plan
+
+        return demo_plan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _UsageError(Exception):
@@ -51,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 _HELP: dict[str, tuple[str, str]] = {
-    "dataset": ("NAME", f"data set: {', '.join(DATASETS)}"),
+    "dataset": ("NAME", f"data set: {', '.join(DATASET_NAMES)}"),
     "data_dir": ("DIR", "folder holding the data set's files (default: $XSAM_DATA, system dirs)"),
     "limit_train": ("N", "train on N examples only (a fixed class-balanced subset)"),
     "limit_test": ("N", "evaluate on N test examples only (a fixed class-balanced subset)"),
@@ -318,6 +324,9 @@ def _pct(v: float | None) -> str:
 
 # ---------------------------------------------------------------------- commands
 def _cmd_train(ns: argparse.Namespace) -> int:
+    from .checkpoint import CONFIG
+    from .loop import train
+
     if ns.resume and ns.force:
         raise ConfigError("--resume and --force exclude each other")
     if ns.stop_after is not None and ns.stop_after < 1:
@@ -391,6 +400,8 @@ def _run_compare(
     verdicts: bool = False,
     report: Callable[[dict[str, Any]], list[Path]] | None = None,
 ) -> int:
+    from .compare import RunsFailed, check_jobs, parse_variants, run_compare
+
     log = _printer(quiet)
     failed = None
     try:
@@ -431,6 +442,8 @@ def _run_compare(
 
 
 def _cmd_compare(ns: argparse.Namespace) -> int:
+    from .compare import parse_seeds
+
     base = _config_from_args(ns)
     variants = _split_variants(ns.optimizers)
     seeds = parse_seeds(ns.seeds)
@@ -449,6 +462,9 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_tune(ns: argparse.Namespace) -> int:
+    from .compare import RunsFailed, check_jobs, parse_seeds, parse_variants
+    from .tune import TUNE_JSON, TUNE_MD, chosen_line, edge_note, format_candidates, tune_rho
+
     base = _config_from_args(ns)
     specs = _split_variants(ns.variant)  # not ns.optimizer: not a config field here
     if len(specs) != 1:
@@ -485,6 +501,8 @@ def _cmd_tune(ns: argparse.Namespace) -> int:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
+    from .demo import demo_plan, write_demo_report
+
     base, variants, seeds, out = demo_plan(ns.out, ns.epochs, ns.seeds, ns.device, ns.threads)
     if not ns.quiet:
         c = base.validated()
@@ -518,7 +536,11 @@ def _cmd_probe(ns: argparse.Namespace) -> int:
         if getattr(ns, name) < 1:
             raise ConfigError(f"--{name} should be >= 1 but is: {getattr(ns, name)}")
     if ns.threads is not None:
+        import torch
+
         torch.set_num_threads(ns.threads)
+    where = Path(ns.out or Path(ns.run) / "probe")
+    before = _file_stamps(where, _PROBE_FILES)
     records = probe_run(
         ns.run,
         epochs=epochs,
@@ -534,10 +556,26 @@ def _cmd_probe(ns: argparse.Namespace) -> int:
         ascent_iters=ns.iters,
     )
     if not ns.quiet:
-        where = ns.out or str(Path(ns.run) / "probe")
-        plots = ", cosines.png" if (Path(where) / "cosines.png").is_file() else ""
-        print(f"probed {len(records)} checkpoint(s); wrote {where}/probe.jsonl{plots}")
+        after = _file_stamps(where, _PROBE_FILES)
+        wrote = ", ".join(n for n, stamp in after.items() if stamp and stamp != before[n])
+        print(f"probed {len(records)} checkpoint(s); wrote in {where}: {wrote}")
     return 0
+
+
+_PROBE_FILES = ("probe.jsonl", "cosines.png", "plane.json", "plane.png")
+
+
+def _file_stamps(folder: Path, names: Sequence[str]) -> dict[str, tuple[int, int, int] | None]:
+    """``(inode, size, mtime)`` of each file (``None``: absent), to tell the files a command
+    wrote from older ones."""
+    stamps: dict[str, tuple[int, int, int] | None] = {}
+    for name in names:
+        try:
+            st = (folder / name).stat()
+            stamps[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamps[name] = None
+    return stamps
 
 
 def _cmd_presets(ns: argparse.Namespace) -> int:
@@ -566,6 +604,13 @@ def _one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+def _data_error() -> type[Exception]:
+    """:class:`xsam.data.DataError` if the data package is loaded (else none was raised), read
+    without importing it (it imports torch)."""
+    readers = sys.modules.get("xsam.data.readers")
+    return readers.DataError if readers is not None else _UsageError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xsam`` command; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
@@ -577,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[ns.command](ns)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
-    except (_UsageError, ConfigError, DataError) as exc:
+    except (_UsageError, ConfigError, _data_error()) as exc:
         print(f"xsam: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -13,10 +13,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data import DATASETS, NOISE_TYPES, Augment
-from ..models import MODEL_NAMES
+# torch-free: `xsam --help` and argument errors read this module without importing torch
+from .names import DATASET_NAMES as DATASETS
+from .names import MODEL_NAMES, NOISE_TYPES
+
+if TYPE_CHECKING:
+    from ..data import Augment
 
 __all__ = [
     "AMP_MODES",
@@ -451,6 +455,8 @@ def parse_alpha_every(value: object) -> int | None:
 
 def parse_augment(spec: object) -> Augment:
     """An :class:`xsam.data.Augment` from ``"none"``, ``"paper"`` or e.g. ``"crop4+flip"``."""
+    from ..data import Augment  # imports torch: only when a config is checked
+
     if not isinstance(spec, str):
         raise ConfigError(f"augment should be a string but is: {spec!r}")
     text = AUGMENT_ALIASES.get(spec.strip().lower(), spec.strip().lower())

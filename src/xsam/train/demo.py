@@ -20,6 +20,7 @@ from typing import Any
 from .checkpoint import atomic_write_text
 from .compare import PLOTS_SKIPPED, load_runs, parse_seeds, plotting_available
 from .config import TrainConfig, resolve_config
+from .names import DEMO_DIR, DEMO_EPOCHS, DEMO_OPTIMIZERS, DEMO_PRESET
 
 __all__ = [
     "DEMO_DIR",
@@ -31,13 +32,6 @@ __all__ = [
     "plot_demo",
     "write_demo_report",
 ]
-
-DEMO_PRESET = "fmnist-sample-noise-mlp"
-DEMO_EPOCHS = 20
-DEMO_DIR = "demo_runs"
-# each method's ρ as chosen on a noisy validation split of full Fashion-MNIST (BENCHMARKS.md,
-# label noise; benchmarks/run_noise.sh), never on a test set
-DEMO_OPTIMIZERS = ("sgd", "sam:rho=0.2", "xsam:rho=0.1")
 
 
 def demo_plan(
