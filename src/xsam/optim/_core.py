@@ -54,6 +54,8 @@ from ._vec import (
 from .schedule import PerturbationSchedule
 
 EPS = 1e-12
+# the part of d orthogonal to g₀ is rounding noise below this many ε·‖d‖ (see _store_reuse)
+_REUSE_NOISE = 16.0
 
 # kept for the analysis tools, which share the optimizers' rule for numbers
 _check_number = check_number
@@ -95,6 +97,9 @@ class _Update:
     # strategy's _descent when its own bound proves d finite (no norm of d needed then)
     gk_sq: Tensor | None = None
     d_finite: bool = False
+    # set when d is g₀'s direction in exact arithmetic (ρ = 0; XSAM with α* = 0 and one
+    # ascent step): its part orthogonal to g₀ is rounding noise, so no reuse vector is kept
+    parallel: bool = False
 
 
 class SAMFamily(Optimizer):
@@ -557,7 +562,7 @@ class SAMFamily(Optimizer):
         self._update = None
         torch._foreach_copy_(u.params, u.theta0)
         if u.g0 is not None:
-            self._reuse_valid = ok and self._store_reuse(u)
+            self._reuse_valid = self._store_reuse(u) if ok else self._drop_reuse()
         if not ok:
             for p in u.owners:
                 p.grad = torch.full_like(p, float("nan"))
@@ -576,7 +581,7 @@ class SAMFamily(Optimizer):
         flags = self._pass_flags(u, grads)
         # ρ = 0 everywhere (possible on the lower-level path): d = g_k = g₀, the base step
         # alone, as step() does; XSAM's v₀ would be 0 and its α search meaningless
-        flat = self._rho_all_zero()
+        flat = u.parallel = self._rho_all_zero()
         if self._needs_loss_fn() and not flat:
             if not self._agree(flags):
                 return False
@@ -636,20 +641,42 @@ class SAMFamily(Optimizer):
         self._reuse_valid = False  # from here on the buffers hold g₀
         return bufs
 
+    def _v0_along_g0(self) -> bool:
+        """Whether the ascent displacement θ_k − θ₀ is g₀'s direction in exact arithmetic
+        (one ascent step, one ρ for every group, the rank's own g₀ the one reused)."""
+        return (
+            self.steps == 1 and self._group_uniform("rho") and not self._dist.averages_direction
+        )
+
+    def _drop_reuse(self) -> bool:
+        """Keep no reuse vector (cheap steps then use the clean gradient alone)."""
+        for p in self._group_params():
+            if p in self.state:
+                self.state[p].pop("sam_reuse", None)
+        return False
+
     def _store_reuse(self, u: _Update) -> bool:
         """LookSAM's reused vector: the unit part of d orthogonal to g₀, in g₀'s buffers.
         Under DDP with local perturbation each rank's part is averaged (d is already the
-        average, g₀ is the rank's own), so every replica keeps the same vector."""
+        average, g₀ is the rank's own), so every replica keeps the same vector.
+
+        No vector when that part is rounding noise: when d is g₀'s direction in exact
+        arithmetic (``u.parallel``), and when its norm is below ``_REUSE_NOISE``·ε·‖d‖ (ε of
+        the parameters' widest-rounding dtype), where the buffers are set to zero."""
+        if u.parallel:
+            return self._drop_reuse()
         g0, d = u.g0, [local_tensor(p.grad) for p in u.owners]
         assert g0 is not None
-        sums = global_sq_sums([g0], u.dtype, self._reduce)[0]
+        sums, d_sq = global_sq_sums([g0, d], u.dtype, self._reduce)
         dot = global_dots(d, g0, u.dtype, self._reduce)
         coef = torch.where(sums > 0, dot / sums.clamp_min(torch.finfo(u.dtype).tiny), 0.0)
         torch._foreach_mul_(g0, -coef)
         torch._foreach_add_(g0, d)  # d − (⟨d,g₀⟩/‖g₀‖²)·g₀
         if self._dist.averages_direction:
             self._dist.average_(g0, u.ever)
-        torch._foreach_mul_(g0, (global_norm(g0, u.dtype, self._reduce) + EPS).reciprocal())
+        norm = global_norm(g0, u.dtype, self._reduce)
+        noise = _REUSE_NOISE * max(torch.finfo(t.dtype).eps for t in g0) * d_sq.sqrt()
+        torch._foreach_mul_(g0, torch.where(norm > noise, (norm + EPS).reciprocal(), 0.0))
         owned = {id(o) for o in u.owners}
         for p in self._group_params():
             if id(p) not in owned and p in self.state:
@@ -813,6 +840,8 @@ class SAMFamily(Optimizer):
                     p.grad = torch.full_like(p, float("nan"))
         if cheap:
             self._last = {"g0_norm": sq.sqrt() if grads else torch.zeros(())}
+        elif self.schedule.reuse > 0.0:  # a full update with ρ = 0: d = g₀, nothing to reuse
+            self._reuse_valid = self._drop_reuse()
         self._base_step(ok, scaler)
         self._finish(ok, full=not cheap)
         return ok

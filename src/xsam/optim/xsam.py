@@ -275,6 +275,8 @@ class XSAM(SAMFamily):
                 return False  # a non-finite probe: the whole update is skipped
             self._alpha = found
         a, b = slerp_coefficients(self._alpha, ang.psi)
+        # d = ‖g_k‖·v₀ (α* = 0, or v₁ ∥ v₀), and v₀ is g₀'s direction after one ascent step
+        u.parallel = (b == 0.0 or math.sin(ang.psi) < _PARALLEL) and self._v0_along_g0()
         k0, k1 = ang.direction_coefficients(a, b)
         torch._foreach_mul_(grads, k1)
         add_scaled_(grads, P, k0)  # d̃ = ‖g_k‖·v(α) = k₀·P + k₁·g̃
