@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from schedule_cost import price, update_weights  # noqa: E402  (a sibling script)
 
 from xsam.train.checkpoint import atomic_write_text
-from xsam.train.compare import load_runs
+from xsam.train.compare import load_runs, run_info
 from xsam.train.stats import paired_difference
 
 GOAL_SHARE, GOAL_COST = 0.90, 1.30
@@ -88,7 +88,9 @@ def expected_cost(run: dict[str, Any], prices: dict[str, Any] | None) -> float |
 
 
 def _train_examples(run: dict[str, Any]) -> int:
-    info = json.loads((Path(run["dir"]) / "run.json").read_text())
+    info = run_info(run["dir"])  # its run.json, or its line of the grid's runs.jsonl
+    if info is None:
+        raise SystemExit(f"{run['dir']}: no run.json (nor a runs.jsonl line) to read")
     return int(info["train_examples"])
 
 

@@ -49,6 +49,7 @@ from .compare_plan import (
 )
 from .compare_report import (
     PLOTS_SKIPPED,
+    RUNS_FILE,
     ComparisonResult,
     Difference,
     PairResult,
@@ -56,14 +57,17 @@ from .compare_report import (
     VariantRow,
     aggregate,
     compare_pairs,
+    consolidate_runs,
     format_pairs,
     format_table,
     load_runs,
     mean_std,
     plot_runs,
     plotting_available,
+    read_runs_file,
     report_comparison,
     results_markdown,
+    run_info,
     run_threads,
 )
 from .compare_run import FailedRun, RunsFailed, cpu_count, train_plan
@@ -100,16 +104,20 @@ __all__ = [
     "RESULTS_JSON",
     "RESULTS_MD",
     "RESULT_FILES",
+    "RUNS_FILE",
     "ComparisonResult",
     "Difference",
     "FailedRun",
     "PairResult",
     "RunRecord",
     "VariantRow",
+    "consolidate_runs",
     "cpu_count",
     "plotting_available",
+    "read_runs_file",
     "report_comparison",
     "results_markdown",
+    "run_info",
     "run_threads",
 ]
 

@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 
 import torch
 
-from .checkpoint import atomic_write_text, read_metrics, run_status
+from .checkpoint import CONFIG, RUN_INFO, atomic_write_text, read_metrics, run_status
 from .compare_plan import MANIFEST, PLOT_ACC, PLOT_ALPHA, RESULTS_JSON, RESULTS_MD
 from .compare_run import FailedRun, cpu_count
 from .config import ConfigError, TrainConfig
@@ -30,6 +30,7 @@ from .stats import MINUS, format_points, paired_difference, verdict, verdict_lin
 
 __all__ = [
     "PLOTS_SKIPPED",
+    "RUNS_FILE",
     "ComparisonResult",
     "Difference",
     "PairResult",
@@ -37,14 +38,17 @@ __all__ = [
     "VariantRow",
     "aggregate",
     "compare_pairs",
+    "consolidate_runs",
     "format_pairs",
     "format_table",
     "load_runs",
     "mean_std",
     "plot_runs",
     "plotting_available",
+    "read_runs_file",
     "report_comparison",
     "results_markdown",
+    "run_info",
     "run_threads",
 ]
 
@@ -231,28 +235,122 @@ def report_comparison(
 
 
 # ---------------------------------------------------------------------- aggregation
-def load_runs(out_dir: str | Path) -> list[RunRecord]:
-    """The runs of a comparison folder (from ``compare.json``), each a :class:`RunRecord`."""
+RUNS_FILE = "runs.jsonl"
+"""A comparison's run folders in one file: one JSON object per run, ``{"dir", "label",
+"seed", "config", "run", "metrics"}`` (``dir`` the run folder's name in the comparison
+folder; ``config``, ``run`` and ``metrics`` the contents of its ``config.json``, ``run.json``
+and ``metrics.jsonl``, ``None`` / ``[]`` where a file is missing). Written by
+:func:`consolidate_runs`; :func:`load_runs` and :func:`run_threads` read a run from it when
+the run's folder is gone."""
+
+
+def consolidate_runs(out_dir: str | Path) -> Path:
+    """Write :data:`RUNS_FILE` for the comparison folder ``out_dir``: every run its
+    ``compare.json`` names, read from the run folder (which is left as it is), or kept from
+    the earlier :data:`RUNS_FILE` where the folder is gone."""
     out_dir = Path(out_dir)
+    files = _RunsFiles()
+    lines = []
+    for entry in _manifest(out_dir)["runs"]:
+        run_dir = out_dir / entry["dir"]
+        earlier = None if run_dir.exists() else files.get(run_dir)
+        saved = earlier or {
+            "dir": entry["dir"],
+            "label": entry["label"],
+            "seed": entry["seed"],
+            "config": _json_or_none(run_dir / CONFIG),
+            "run": _json_or_none(run_dir / RUN_INFO),
+            "metrics": read_metrics(run_dir),
+        }
+        lines.append(json.dumps(saved) + "\n")
+    path = out_dir / RUNS_FILE
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+def read_runs_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The lines of a :data:`RUNS_FILE`, by run folder name."""
+    path = Path(path)
     try:
-        manifest = json.loads((out_dir / MANIFEST).read_text())
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    out: dict[str, dict[str, Any]] = {}
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            saved = json.loads(line)
+            out[Path(saved["dir"]).name] = saved
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read {path} (line {i}): {exc}") from exc
+    return out
+
+
+class _RunsFiles:
+    """The :data:`RUNS_FILE` of each comparison folder a run is in, each read once."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, dict[str, dict[str, Any]]] = {}
+
+    def get(self, run_dir: Path) -> dict[str, Any] | None:
+        """The saved run of a run folder that is gone (``None`` when not saved either)."""
+        grid = run_dir.parent
+        if grid not in self._files:
+            path = grid / RUNS_FILE
+            self._files[grid] = read_runs_file(path) if path.is_file() else {}
+        return self._files[grid].get(run_dir.name)
+
+
+def load_runs(out_dir: str | Path) -> list[RunRecord]:
+    """The runs of a comparison folder (from ``compare.json``), each a :class:`RunRecord`,
+    read from the run folders or, for those that are gone, from the :data:`RUNS_FILE` of the
+    folder they were in. ``out_dir`` may also be a :data:`RUNS_FILE` itself."""
+    out_dir = Path(out_dir)
+    if out_dir.is_file():
+        saved = read_runs_file(out_dir).values()
+        return [_record(out_dir.parent / s["dir"], s["label"], s["seed"], s) for s in saved]
+    files = _RunsFiles()
+    runs: list[RunRecord] = []
+    for entry in _manifest(out_dir)["runs"]:
+        run_dir = out_dir / entry["dir"]
+        saved = None if run_dir.exists() else files.get(run_dir)
+        runs.append(_record(run_dir, entry["label"], entry["seed"], saved))
+    return runs
+
+
+def _manifest(out_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{out_dir} is not a comparison folder (no readable {MANIFEST})") from exc
-    runs: list[RunRecord] = []
-    for entry in manifest["runs"]:
-        run_dir = out_dir / entry["dir"]
+
+
+def _record(run_dir: Path, label: str, seed: int, saved: dict[str, Any] | None) -> RunRecord:
+    """A run read from its folder, or from its line of a :data:`RUNS_FILE` (``saved``)."""
+    if saved is None:
         status, config, _ = run_status(run_dir)
-        runs.append(
-            {
-                "label": entry["label"],
-                "seed": entry["seed"],
-                "dir": str(run_dir),
-                "config": config,
-                "metrics": read_metrics(run_dir),
-                "complete": status == "complete",
-            }
-        )
-    return runs
+        metrics = read_metrics(run_dir)
+        complete = status == "complete"
+    else:  # complete as run_status judges it: as many epochs finished as configured
+        config = None if saved["config"] is None else TrainConfig.from_dict(saved["config"])
+        metrics = saved["metrics"]
+        complete = config is not None and len(metrics) >= config.epochs
+    return {
+        "label": label,
+        "seed": seed,
+        "dir": str(run_dir),
+        "config": config,
+        "metrics": metrics,
+        "complete": complete,
+    }
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -338,14 +436,26 @@ def _machine() -> str:
     return f"{cpu}, {cpu_count()} CPUs, torch {torch.__version__}"
 
 
+def run_info(run_dir: str | Path, files: _RunsFiles | None = None) -> dict[str, Any] | None:
+    """A run's ``run.json`` (the machine, threads and data it ran with), from its folder or,
+    when the folder is gone, from the :data:`RUNS_FILE` beside it; ``None`` when there is
+    none or it cannot be read."""
+    run_dir = Path(run_dir)
+    try:
+        if run_dir.exists():
+            return json.loads((run_dir / RUN_INFO).read_text())
+        saved = (files or _RunsFiles()).get(run_dir)
+    except (OSError, json.JSONDecodeError, ConfigError):
+        return None
+    return None if saved is None else saved["run"]
+
+
 def run_threads(runs: Sequence[RunRecord]) -> list[int]:
     """The CPU thread counts the runs recorded in their ``run.json`` (sorted, distinct)."""
     found = set()
+    files = _RunsFiles()
     for r in runs:
-        try:
-            info = json.loads((Path(r["dir"]) / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+        info = run_info(r["dir"], files) or {}
         if isinstance(info.get("threads"), int):
             found.add(info["threads"])
     return sorted(found)

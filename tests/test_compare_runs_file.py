@@ -1,0 +1,131 @@
+"""A comparison's runs in one file (``runs.jsonl``): written from the run folders, read back as
+the same runs once the folders are gone, and every committed report regenerates from it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from xsam.train import ConfigError, TrainConfig
+from xsam.train import compare as cmp
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load_script("consolidate_results")
+
+
+def _run_folder(root: Path, name: str, cfg: dict, test_accs: list, threads: int | None = 1):
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(TrainConfig(epochs=2, **cfg).to_json())
+    rows = [
+        {"epoch": i + 1, "test_acc": a, "val_acc": a - 0.125, "wall_s": 1.5 * (i + 1), "alpha": 0.5}
+        for i, a in enumerate(test_accs)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if threads is not None:
+        (run / "run.json").write_text(json.dumps({"threads": threads, "train_examples": 100}))
+
+
+@pytest.fixture
+def grid(tmp_path):
+    """sgd and xsam over seeds 0, 1: xsam seed 1 stopped after one of two epochs, sam never ran."""
+    out = tmp_path / "grid"
+    _run_folder(out, "sgd-seed0", {"optimizer": "sgd", "seed": 0}, [0.5, 0.8])
+    _run_folder(out, "sgd-seed1", {"optimizer": "sgd", "seed": 1}, [0.625, 0.75], threads=2)
+    _run_folder(out, "xsam-seed0", {"optimizer": "xsam", "seed": 0}, [0.5, 0.875])
+    _run_folder(out, "xsam-seed1", {"optimizer": "xsam", "seed": 1}, [0.25], threads=None)
+    entries = [(lb, s, f"{lb}-seed{s}") for lb in ("sgd", "xsam", "sam") for s in (0, 1)]
+    manifest = {"runs": [{"label": lb, "seed": s, "dir": d} for lb, s, d in entries]}
+    (out / "compare.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _without_folders(out: Path) -> None:
+    for run in out.iterdir():
+        if run.is_dir():
+            shutil.rmtree(run)
+
+
+def test_runs_read_back_from_the_file_equal_the_run_folders(grid):
+    before = cmp.load_runs(grid)
+    threads = cmp.run_threads(before)
+    path = cmp.consolidate_runs(grid)
+    assert path == grid / cmp.RUNS_FILE
+    assert len(path.read_text().splitlines()) == 6  # one line per planned run
+    _without_folders(grid)
+    after = cmp.load_runs(grid)
+    assert after == before  # labels, seeds, dirs, configs, metrics, completeness
+    assert [r["complete"] for r in after] == [True, True, True, False, False, False]
+    assert threads == [1, 2] and cmp.run_threads(after) == threads
+    assert cmp.run_info(grid / "sgd-seed1") == {"threads": 2, "train_examples": 100}
+    assert cmp.run_info(grid / "xsam-seed1") is None
+    assert cmp.load_runs(path) == after  # the file alone
+    assert cmp.format_table(cmp.aggregate(after)) == cmp.format_table(cmp.aggregate(before))
+
+
+def test_consolidating_again_keeps_the_runs_whose_folders_are_gone(grid):
+    first = cmp.consolidate_runs(grid).read_bytes()
+    _without_folders(grid)
+    assert cmp.consolidate_runs(grid).read_bytes() == first
+
+
+def test_a_damaged_runs_file_is_named_with_its_line(grid):
+    cmp.consolidate_runs(grid)
+    _without_folders(grid)
+    path = grid / cmp.RUNS_FILE
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"runs\.jsonl \(line 2\)") as info:
+        cmp.load_runs(grid)
+    assert "\n" not in str(info.value)
+
+
+def test_the_script_prunes_only_what_the_file_holds(grid):
+    (grid / "xsam-seed0" / "checkpoints").mkdir()  # kept weights: not in runs.jsonl
+    problems = script.consolidate(grid, prune=True)
+    assert problems == [f"{grid / 'xsam-seed0'} kept: it also holds checkpoints"]
+    assert sorted(p.name for p in grid.iterdir() if p.is_dir()) == ["xsam-seed0"]
+    assert [r["complete"] for r in cmp.load_runs(grid)] == [True, True, True, False, False, False]
+
+
+def test_the_script_check_finds_a_changed_report(grid, capsys):
+    runs = cmp.load_runs(grid)
+    rows, pairs = cmp.aggregate(runs), cmp.compare_pairs(runs, [("sgd", "xsam")])
+    (grid / "results.json").write_text(json.dumps({"rows": rows, "pairs": pairs, "failed": []}))
+    md = f"{cmp.format_table(rows)}\n\n{cmp.format_pairs(pairs)}\n"
+    (grid / "results.md").write_text(md)
+    assert script.check(grid) == []
+    (grid / "results.md").write_text(md.replace("| sgd | 2 |", "| sgd | 3 |"))
+    assert script.check(grid) == [f"{grid / 'results.md'}: the table differs"]
+    assert script.main(["--check", str(grid)]) == 1
+    assert "the table differs" in capsys.readouterr().out
+
+
+COMMITTED = script.comparison_folders([RESULTS])
+
+
+def test_the_committed_comparisons_are_found():
+    assert len(COMMITTED) >= 25  # every grid, sweep and tune folder of BENCHMARKS.md
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_every_committed_report_regenerates_from_its_runs(folder):
+    """results.json's rows and pairs, results.md's two tables and tune.json's validation
+    accuracies, recomputed from the runs (runs.jsonl where the folders are gone)."""
+    assert script.check(folder) == []
