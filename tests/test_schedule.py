@@ -345,8 +345,8 @@ def test_gradients_from_outside_the_closure_are_warned_about_once():
         opt.step(closure_for(model, x, y))
     fresh = make("SAM", model)
     F.cross_entropy(model(x), y).backward()  # accumulates into the gradients opt left
-    with pytest.warns(RuntimeWarning, match="discarded the gradient"):
-        fresh.step(closure_for(model, x, y))
+    with pytest.raises(RuntimeError, match="differ from the closure's own"):
+        fresh.step(closure_for(model, x, y))  # not the clean gradient: refused
 
 
 def test_a_probe_that_runs_backward_anyway_is_warned_about_once():

@@ -1,10 +1,11 @@
 """Accelerate: :func:`sam_update`, one SAM-family update over the micro-batches of an optimizer
 step, with an ``Accelerator``'s mixed precision, GradScaler and DDP.
 
-Why a helper: a closure step inside ``accelerator.accumulate(model)`` is silently wrong. With
+Why a helper: a closure step inside ``accelerator.accumulate(model)`` would be wrong. With
 ``gradient_accumulation_steps=n``, ``AcceleratedOptimizer.step()`` skips the steps that do not
-sync, so their closure is never called and those batches are never forwarded; and it returns
-``None``, so the clean loss is lost. Instead, gather the ``n`` micro-batches of a step yourself
+sync, so their closure is never called and those batches are never forwarded (``step()`` called
+by that wrapper with ``n > 1`` therefore raises); and it returns ``None``, so the clean loss
+is lost. Instead, gather the ``n`` micro-batches of a step yourself
 and hand them to :func:`sam_update`, with the Accelerator's ``gradient_accumulation_steps`` left
 at 1::
 

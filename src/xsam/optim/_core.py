@@ -22,6 +22,7 @@ Invariants kept on every path (closure, lower level, exceptions, skips):
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -54,6 +55,9 @@ from ._vec import (
 from .schedule import PerturbationSchedule
 
 EPS = 1e-12
+# gradients held on entry to step(closure) that differ from the clean pass's by more than
+# this (relative, in norm) were accumulated over other batches, not a duplicate backward
+ENTRY_GRAD_RTOL = 1e-2
 # the part of d orthogonal to g₀ is rounding noise below this many ε·‖d‖ (see _store_reuse)
 _REUSE_NOISE = 16.0
 
@@ -777,11 +781,13 @@ class SAMFamily(Optimizer):
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure that runs forward and backward "
                 "(SAM-family updates evaluate the gradient at several points); for loops a "
-                "closure cannot express use ascent_step() / descent_step()"
+                "closure cannot express use ascent_step() / descent_step(); in a Hugging Face "
+                "Trainer (which calls step() without one) use "
+                "xsam.integrations.transformers.SAMTrainer"
             )
         if self._update is not None:
             raise RuntimeError("step() called in the middle of an ascent_step() sequence")
-        self._check_entry_grads()
+        held = self._check_entry_grads()
         self._check_groups()
         grad_closure = torch.enable_grad()(closure)
         try:
@@ -791,10 +797,12 @@ class SAMFamily(Optimizer):
                 self._save_stats()
                 with self._dist.gradient_pass(synced=True):
                     loss = grad_closure()
+                self._compare_entry_grads(held)
                 self._plain_step(loss, cheap=not full)
                 return _detached(loss)
             with self.clean_pass():
                 loss = grad_closure()
+            self._compare_entry_grads(held)
             u = self._update = self._begin(checked=True)
             u.losses.append(_as_tensor(loss))
             for _ in range(self.steps):
@@ -860,37 +868,82 @@ class SAMFamily(Optimizer):
         left = self._left.get(id(p))
         return left is not None and left[0]() is p.grad and left[1] == p.grad._version
 
-    def _check_entry_grads(self) -> None:
-        """``step(closure)`` computes every gradient itself and clears ``.grad`` first: warn
-        (once) when that discards non-zero gradients a backward outside the closure put there
-        (gradient accumulation, a framework's ``accumulate_grad_batches``). A warning, not an
-        error: stale gradients left by another optimizer are harmless to discard."""
-        if self._warned_entry_grads:
-            return
+    def _check_entry_grads(self) -> list[tuple[str, Tensor, Tensor]]:
+        """``step(closure)`` computes every gradient itself and clears ``.grad`` first. Refuse
+        a step that a framework's hidden accumulation would make wrong (Accelerate's), and
+        return the non-zero gradients a backward outside the closure put there (as
+        ``(name, parameter, gradient)``; references, not copies): :meth:`_compare_entry_grads`
+        tells accumulation from a duplicate backward once the clean pass has run. Costs one
+        dictionary look-up per parameter when every gradient is this optimizer's own."""
+        self._refuse_accelerate_accumulation()
         foreign = [
             (i, p)
             for i, p in enumerate(self._group_params())
             if p.grad is not None and p.requires_grad and not self._ours(p)
         ]
         if not foreign:
+            return []
+        anys = [local_tensor(p.grad).ne(0).any() for _, p in foreign]
+        flags = torch.stack([a.to(anys[0].device) for a in anys])  # one host sync
+        held = [(i, p) for (i, p), nz in zip(foreign, flags.tolist()) if nz]
+        if not held:
+            return []  # zero_grad(set_to_none=False): nothing is lost
+        names = self._param_names()
+        return [(names.get(id(p), f"parameter {i}"), p, p.grad) for i, p in held]
+
+    def _compare_entry_grads(self, held: list[tuple[str, Tensor, Tensor]]) -> None:
+        """After the clean pass: gradients held on entry that differ from the clean pass's
+        own were accumulated over other batches (a framework's ``accumulate_grad_batches``,
+        micro-batches summed by hand), which ``step(closure)`` cannot use: raise. Equal ones
+        (a duplicate backward on the same batch) only cost work: warn, once."""
+        if not held:
             return
-        nonzero = [bool(local_tensor(p.grad).ne(0).any()) for _, p in foreign]
-        if not any(nonzero):
-            return  # zero_grad(set_to_none=False): nothing is lost
-        i, p = next(f for f, nz in zip(foreign, nonzero) if nz)
-        name = self._param_names().get(id(p), f"parameter {i}")
+        entry = [local_tensor(g) for _, _, g in held]
+        clean = [
+            local_tensor(p.grad) if p.grad is not None else torch.zeros_like(e)
+            for (_, p, _), e in zip(held, entry)
+        ]
+        dtype = acc_dtype(entry)
+        diff = torch._foreach_sub([e.to(dtype) for e in entry], [c.to(dtype) for c in clean])
+        d_sq, e_sq, c_sq = global_sq_sums([diff, entry, clean], dtype).tolist()
+        name, who = held[0][0], type(self).__name__
+        if d_sq > (ENTRY_GRAD_RTOL**2) * max(e_sq, c_sq):
+            raise RuntimeError(
+                f"{who}.step(closure): the gradients held when it was called (e.g. {name!r}) "
+                "differ from the closure's own: they were accumulated by backward() outside "
+                "the closure (a framework's accumulate_grad_batches, micro-batches summed by "
+                "hand), and step(closure), which computes every gradient itself, would train "
+                "on the last micro-batch only. With Lightning use "
+                "xsam.integrations.lightning.SAMModule; by hand, accumulate with the "
+                "lower-level API (clean_pass / ascent_step / perturbed_pass / descent_step); "
+                "if those gradients are stale, call zero_grad() before step()"
+            )
+        if self._warned_entry_grads:
+            return
         self._warned_entry_grads = True
         warnings.warn(
-            f"{type(self).__name__}.step(closure) discarded the gradient {name!r} (and maybe "
-            "others) held when it was called: it computes every gradient itself, so gradients "
-            "accumulated by backward() outside the closure (gradient accumulation, a "
-            "framework's accumulate_grad_batches) are not used. Call zero_grad() before "
-            "step() if they are stale; to accumulate micro-batches use the lower-level API "
-            "(clean_pass / ascent_step / perturbed_pass / descent_step) or xsam.integrations "
-            "(warned once)",
+            f"{who}.step(closure) discarded the gradient {name!r} (and maybe others) held "
+            "when it was called, equal to the clean pass's own (a backward outside the "
+            "closure on the same batch): it computes every gradient itself, so that backward "
+            "was wasted work; call zero_grad() before step() (warned once)",
             RuntimeWarning,
             stacklevel=4,
         )
+
+    def _refuse_accelerate_accumulation(self) -> None:
+        """Accelerate's ``AcceleratedOptimizer.step()`` does nothing on the micro-batches that
+        do not sync under ``gradient_accumulation_steps > 1``: a closure step would never run
+        those batches (and ``accelerator.backward`` divides every loss by the count)."""
+        n = _accelerate_accumulation()
+        if n > 1:
+            raise RuntimeError(
+                f"{type(self).__name__}.step(closure) called by Accelerate with "
+                f"gradient_accumulation_steps={n}: Accelerate skips the optimizer step on the "
+                "micro-batches that do not sync, so their closures never run and those "
+                "batches are never trained on. Leave gradient_accumulation_steps at 1 and run "
+                "each update over its micro-batches with "
+                "xsam.integrations.accelerate.sam_update(accelerator, opt, batches, loss_fn)"
+            )
 
     _warned_entry_grads = False
 
@@ -1135,6 +1188,24 @@ def _step_disabled(opt: Optimizer) -> Iterator[None]:
             opt.step = old  # type: ignore[method-assign]
         else:
             del opt.step
+
+
+def _accelerate_accumulation(depth: int = 12) -> int:
+    """``gradient_accumulation_steps`` of the Accelerate ``AcceleratedOptimizer`` whose
+    ``step()`` is calling this optimizer's, or 1 (at once when accelerate is not imported)."""
+    wrapper = getattr(sys.modules.get("accelerate.optimizer"), "AcceleratedOptimizer", None)
+    if wrapper is None:
+        return 1
+    frame = sys._getframe(1)
+    for _ in range(depth):  # its step, torch's step wrappers (and a GradScaler's), ours
+        if frame is None:
+            break
+        if frame.f_code.co_name == "step":
+            caller = frame.f_locals.get("self")
+            if isinstance(caller, wrapper):
+                return int(caller.gradient_state.num_steps)
+        frame = frame.f_back
+    return 1
 
 
 def _as_tensor(loss: Any) -> Tensor:
