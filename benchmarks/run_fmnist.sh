@@ -31,3 +31,5 @@ PYEOF
 fi
 $PY -m xsam compare "${COMMON[@]}" --seeds "$SEEDS" --out "$OUT/grid" --keep-checkpoints \
     --optimizers "sgd sam:rho=$RHO xsam:rho=$RHO sam:rho=$RHO,steps=3 xsam:rho=$RHO,steps=3 sam:rho=$RHO,adaptive=true xsam:rho=$RHO,adaptive=true"
+# every run of every comparison folder also in its runs.jsonl (what is committed: benchmarks/README.md)
+$PY benchmarks/consolidate_results.py "$OUT"

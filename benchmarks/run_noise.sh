@@ -40,3 +40,5 @@ $PY -m xsam compare "${COMMON[@]}" --seeds "$SEEDS" --out "$OUT/grid" \
 R=${MULTISTEP_RHO:-$S}
 $PY -m xsam compare "${COMMON[@]}" --seeds "$SEEDS" --out "$OUT/multistep" \
     --optimizers "sam:rho=$R,sam:rho=$R,steps=2,sam:rho=$R,steps=3,sam:rho=$R,steps=5,xsam:rho=$R,xsam:rho=$R,steps=2,xsam:rho=$R,steps=3,xsam:rho=$R,steps=5"
+# every run of every comparison folder also in its runs.jsonl (what is committed: benchmarks/README.md)
+$PY benchmarks/consolidate_results.py "$OUT"

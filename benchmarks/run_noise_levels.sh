@@ -54,3 +54,5 @@ for NOISE in ${NOISES:-0.6 0.2 0.0}; do
   $PY -m xsam compare "${COMMON[@]}" --seeds 0-4 --out "$DIR/grid" \
     --optimizers "sgd,sam:rho=$S,xsam:rho=$X" --pairs "sam:rho=$S-sgd,xsam:rho=$X-sgd,xsam:rho=$X-sam:rho=$S"
 done
+# every run of every comparison folder also in its runs.jsonl (what is committed: benchmarks/README.md)
+$PY benchmarks/consolidate_results.py "$OUT"

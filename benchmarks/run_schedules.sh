@@ -47,3 +47,5 @@ for i in 1 2 3; do  # three measurements on a quiet machine, their rounds pooled
 done
 $PY benchmarks/schedule_cost.py --pool "$OUT"/cost_{1,2,3}.json --json "$OUT/cost.json"
 $PY benchmarks/schedule_tradeoff.py "$OUT" --sgd sgd --full "$X" --cost "$OUT/cost.json"
+# every run of every comparison folder also in its runs.jsonl (what is committed: benchmarks/README.md)
+$PY benchmarks/consolidate_results.py "$OUT"

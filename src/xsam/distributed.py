@@ -39,7 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Distribution", "resolve_distribution", "local_tensor"]
+__all__ = [
+    "Distribution",
+    "attach_wrapped",
+    "clean_pass_sync",
+    "local_tensor",
+    "resolve_distribution",
+]
 
 PERTURBATIONS = ("local", "global")
 
@@ -156,11 +162,27 @@ class Distribution:
             yield
 
 
+def _is_fsdp1(model: nn.Module | None) -> bool:
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except Exception:  # pragma: no cover - torch without distributed
+        return False
+    return model is not None and any(
+        isinstance(m, FullyShardedDataParallel) for m in model.modules()
+    )
+
+
 def resolve_distribution(
     model: nn.Module | None, params: list[Tensor], perturbation: str | None
 ) -> Distribution:
     if perturbation is not None and perturbation not in PERTURBATIONS:
         raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
+    if _is_fsdp1(model):
+        raise ValueError(
+            "FullyShardedDataParallel (FSDP1, flat parameters) is not supported: its flat "
+            "shards hide the parameters' norms and angles; shard with FSDP2 "
+            "(torch.distributed.fsdp.fully_shard) or use DistributedDataParallel"
+        )
     dt = _dtensor_type()
     sharded = dt is not None and any(isinstance(p, dt) for p in params)
     if _is_ddp(model):
@@ -179,3 +201,28 @@ def resolve_distribution(
             "FSDP-sharded parameters); without one there is nothing to perturb locally or globally"
         )
     return Distribution("none", "global", model)
+
+
+def clean_pass_sync(opt: Any) -> contextlib.AbstractContextManager[None]:
+    """The synchronisation of one micro-batch of a clean pass, for an integration that
+    records the statistics itself (``opt.clean_pass()`` around its first micro-batch): under
+    DDP with local perturbation the gradient stays on the rank (``no_sync``), except on a
+    perturbation schedule's cheap step, whose clean gradient is the update's."""
+    dist_: Distribution = opt._dist
+    return dist_.gradient_pass(synced=dist_.perturbation == "global" or not opt.perturb_due)
+
+
+def attach_wrapped(opt: Any, model: nn.Module, perturbation: str | None, where: str) -> None:
+    """``opt.attach(model, perturbation)`` for an integration running several processes,
+    which must end with the optimizer knowing the wrapper: a model that is neither
+    ``DistributedDataParallel`` nor FSDP2-sharded is refused (its passes would not be
+    synchronised, or not the way the optimizer assumes), naming what was found."""
+    if opt.model is model and opt._dist.active and perturbation in (None, opt.perturbation):
+        return
+    opt.attach(model, perturbation)
+    if not opt._dist.active:
+        raise RuntimeError(
+            f"{where}: several processes, but the model the framework trains is a "
+            f"{type(model).__name__}, neither DistributedDataParallel nor sharded by FSDP2 "
+            "(fully_shard); use DDP (or FSDP2, global perturbation only): see docs/multi-gpu.md"
+        )

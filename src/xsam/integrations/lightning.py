@@ -19,7 +19,16 @@ How: automatic optimization. Lightning runs the clean pass itself (``training_st
 the ascent passes over the micro-batches it kept, XSAM's α probes forward-only under
 ``torch.no_grad()``, and the descent, through the optimizer's lower-level API.
 
-Single process only for now: several processes raise at the start of ``fit``.
+Several processes: ``strategy="ddp"`` or ``"ddp_spawn"`` (any ``DistributedDataParallel``
+strategy, ``num_nodes`` included). At the start of ``fit`` the optimizer is attached to
+Lightning's DDP wrapper (:meth:`xsam.SAMFamily.attach`) with ``sam_perturbation``:
+``"local"`` (the default; each rank ascends from its own micro-batches, the clean and ascent
+passes are not all-reduced, the update averages the ranks' directions ``d`` in one
+all-reduce) or ``"global"`` (every pass all-reduced, as one process on the global batch). The
+ascent passes run through the DDP wrapper, so DDP synchronises exactly the passes the mode
+needs, and only on the last micro-batch of an accumulation window. Other strategies
+(Lightning's FSDP, DeepSpeed, model parallel) are refused at the start of ``fit``. See
+docs/multi-gpu.md.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..distributed import attach_wrapped, clean_pass_sync
 from .core import finish_update, require, sam_optimizer
 
 pl = require("lightning.pytorch", "lightning")
@@ -45,6 +55,10 @@ class SAMModule(pl.LightningModule):
 
     sam_log_name: str | None = "train_loss"
     """Name under which the clean loss is logged each step (``None``: do not log)."""
+
+    sam_perturbation: str | None = None
+    """Under several processes: ``"local"`` or ``"global"`` (``None``: the optimizer's own
+    choice, ``"local"`` unless it was built with another). Ignored in one process."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,12 +81,20 @@ class SAMModule(pl.LightningModule):
                 "automatic optimization; do not set automatic_optimization = False"
             )
         if self.trainer.world_size > 1:
-            raise RuntimeError(
-                "SAMModule supports one process only for now (the ascent passes would not be "
-                f"synchronised across the {self.trainer.world_size} processes); for DDP use the "
-                "closure API in a plain loop (docs/recipes.md)"
-            )
+            self._sam_attach()
         self._sam_window = []
+
+    def _sam_attach(self) -> None:
+        """Several processes: the optimizer learns Lightning's DDP wrapper (or refuses)."""
+        wrapper = self.trainer.strategy.model
+        if not isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            raise RuntimeError(
+                f"SAMModule: the {type(self.trainer.strategy).__name__} strategy is not "
+                "supported with several processes (its passes would not be synchronised the "
+                "way the SAM update needs); use strategy='ddp' or 'ddp_spawn' "
+                "(docs/multi-gpu.md)"
+            )
+        attach_wrapped(self._sam(), wrapper, self.sam_perturbation, "SAMModule")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """The clean pass on one micro-batch: keeps the batch for the ascent passes, logs and
@@ -95,7 +117,8 @@ class SAMModule(pl.LightningModule):
         step (``accumulate_grad_batches`` of them)."""
         opt = sam_optimizer(optimizer, "SAMModule")
         if optimizer_closure is not None:
-            optimizer_closure()
+            with clean_pass_sync(opt):  # DDP, local perturbation: the clean gradient stays local
+                optimizer_closure()
         window, self._sam_window = self._sam_window, []
         if not window:
             raise RuntimeError("SAMModule.optimizer_step: no micro-batch was seen in this step")
@@ -105,10 +128,11 @@ class SAMModule(pl.LightningModule):
         scaler = getattr(plugin, "scaler", None)
 
         def gradient_pass() -> None:
-            for batch, idx in window:
-                with plugin.train_step_context():
-                    loss = self.sam_loss(batch, idx) / n
-                (scaler.scale(loss) if scaler is not None else loss).backward()
+            for i, (batch, idx) in enumerate(window):
+                with self._sam_sync(last=i == len(window) - 1):
+                    with plugin.train_step_context():
+                        loss = self._sam_forward(batch, idx) / n
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
 
         def probe_loss() -> Tensor:
             total: Tensor | float = 0.0
@@ -122,6 +146,21 @@ class SAMModule(pl.LightningModule):
             scaler.update()
 
     # ------------------------------------------------------------------ helpers
+    def _sam_forward(self, batch: Any, idx: int) -> Tensor:
+        """``sam_loss`` with gradients, through Lightning's DDP wrapper when there is one (its
+        forward decides whether the backward is all-reduced)."""
+        strategy = self.trainer.strategy
+        if isinstance(strategy.model, torch.nn.parallel.DistributedDataParallel):
+            return strategy._forward_redirection(strategy.model, self, "sam_loss", batch, idx)
+        return self.sam_loss(batch, idx)
+
+    def _sam_sync(self, *, last: bool) -> Any:
+        """No all-reduce on a micro-batch that is not the last of its window (DDP only)."""
+        wrapper = self.trainer.strategy.model
+        if last or not isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return wrapper.no_sync()
+
     def _sam(self) -> Any:
         return sam_optimizer(self.optimizers(use_pl_optimizer=False), "SAMModule")
 
