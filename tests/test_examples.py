@@ -48,7 +48,7 @@ def finite_loss(out: str) -> float:
 @pytest.mark.parametrize(
     "name",
     ["plain_loop.py", "bf16_cpu.py", "torch_compile.py", "lightning_module.py", "hf_trainer.py",
-     "accelerate_loop.py"],
+     "accelerate_loop.py", "finetune_minilm.py"],
 )  # fmt: skip
 def test_example_trains(name):
     out = example(name)
