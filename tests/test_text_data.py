@@ -91,7 +91,7 @@ def test_stratified_split_counts_disjoint_and_fixed():
     again = stratified_split(labels, val=0.2, test=0.3, seed=0)
     assert all(torch.equal(a, b) for a, b in zip((train, val, test), again))
     other = stratified_split(labels, val=0.2, test=0.3, seed=1)
-    assert not torch.equal(test, other[1 + 1])
+    assert not torch.equal(test, other[2])
     with pytest.raises(ValueError, match="val \\+ test < 1"):
         stratified_split(labels, val=0.5, test=0.5)
 
@@ -164,7 +164,8 @@ def test_encode_lower_keeps_the_training_mode_and_builds_examples():
     assert model.training and not h.requires_grad and h.shape == (5, 12, 16)
     ex = cached_examples(h, mask, torch.arange(5), [3, 1])
     assert [int(e["labels"]) for e in ex] == [3, 1]
-    assert torch.equal(ex[0]["hidden_states"], h[3]) and torch.equal(ex[1]["attention_mask"], mask[1])
+    assert torch.equal(ex[0]["hidden_states"], h[3])
+    assert torch.equal(ex[1]["attention_mask"], mask[1])
 
 
 def test_module_lists_what_it_exports():
