@@ -148,3 +148,23 @@ def test_flat_model_reads_the_model_when_entered():
         assert fm.theta0.dtype == torch.float64
         loss, g = fm.loss_and_grad(lambda m: F.cross_entropy(m(data(0)[0]), data(0)[1]))
         assert g.dtype == torch.float64 and g.numel() == fm.numel
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_a_model_moved_to_the_gpu_after_construction_keeps_its_statistics_on_a_skip():
+    model = net(bn=True, dtype=torch.float32)
+    opt = xsam.SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, model=model)
+    model.cuda()  # the order of accelerator.prepare(model) after building the optimizer
+    x, y = (t.cuda() for t in data(0, dtype=torch.float32))
+    opt.step(closure_for(model, x, y))
+    before = stats(model)
+
+    def nan_loss():
+        loss = F.cross_entropy(model(x), y) * float("nan")
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    with pytest.warns(RuntimeWarning, match="update skipped"):
+        opt.step(nan_loss)
+    assert identical(stats(model), before)
