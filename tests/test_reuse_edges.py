@@ -164,3 +164,71 @@ def test_a_full_update_with_rho_zero_drops_an_earlier_vector():
     for run in runs:
         for a, b in zip(run, weights(twin), strict=True):
             assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------ cheap steps in half precision
+class Tilted(nn.Module):
+    """L(θ) = −⟨b, θ⟩ in float32 over float16 θ: g = −b, exactly representable in float16."""
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = torch.tensor(b, dtype=torch.float16)
+        self.theta = nn.Parameter(torch.zeros(len(b), dtype=torch.float16))
+
+    def forward(self):
+        return -(self.b.float() * self.theta.float()).sum()
+
+
+def with_vector(q, v, lam, lr=1e-6, momentum=0.0):
+    """A SAM whose next step is cheap and reuses the unit vector ``v`` (through a state_dict,
+    as after a resume)."""
+    opt = xsam.SAM(q.parameters(), torch.optim.SGD, rho=0.1, lr=lr, momentum=momentum,
+                   schedule=Sched(every=2, reuse=lam))  # fmt: skip
+    sd = opt.state_dict()
+    sd["sam_family"] = {**sd["sam_family"], "step_index": 1, "reuse_valid": True}
+    sd["state"] = {0: {"sam_reuse": torch.tensor(v, dtype=torch.float16)}}
+    opt.load_state_dict(sd)
+    assert not opt.perturb_due
+    return opt
+
+
+def closure_of(q):
+    def closure():
+        loss = q()
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    return closure
+
+
+def test_a_reuse_term_beyond_float16s_range_is_formed_in_float32():
+    """‖g‖ = 1.6e5 (1024 elements of 5e3): λ‖g‖ = 1.1e5 exceeds float16's range, the gradient
+    g + λ‖g‖·v = (−1.5e3, ...) does not. Before the fix: an exception in the middle of step()."""
+    n = 1024
+    q = Tilted([5e3] * n)
+    v = [1.0 / 32.0] * n  # unit
+    opt = with_vector(q, v, 0.7)
+    opt.step(closure_of(q))
+    g = torch.full((n,), -5e3)
+    expected = (g + 0.7 * g.norm() * torch.tensor(v)).half()
+    assert torch.equal(q.theta.grad, expected)  # rounded once, from float32
+    assert (opt.cheap_updates, opt.skipped_updates) == (1, 0)
+    twin = nn.Parameter(torch.zeros(n, dtype=torch.float16))
+    twin.grad = expected.clone()
+    torch.optim.SGD([twin], lr=1e-6).step()
+    assert torch.equal(q.theta.detach(), twin.detach())
+
+
+def test_a_cheap_step_whose_gradient_overflows_float16_is_skipped():
+    """g = (5e4, 5e4)·(−1), v = (−1, 1)/√2, λ = 0.9: g + λ‖g‖v = (−9.5e4, −5e3), beyond float16.
+    Before the fix the base optimizer stepped with inf (weights inf, skipped_updates 0)."""
+    q = Tilted([5e4, 5e4])
+    s = 2.0**-0.5
+    opt = with_vector(q, [-s, s], 0.9, momentum=0.9)
+    before = q.theta.detach().clone()
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        opt.step(closure_of(q))
+    assert torch.equal(q.theta.detach(), before)
+    assert (opt.updates, opt.cheap_updates, opt.skipped_updates, opt.step_index) == (0, 0, 1, 2)
+    assert not opt.base_optimizer.state  # the base optimizer never stepped (no momentum)

@@ -687,16 +687,26 @@ class SAMFamily(Optimizer):
                 self.state[p].pop("sam_reuse", None)  # not part of the last full update
         return True
 
-    def _apply_reuse(self, owners: list[Tensor], grads: list[Tensor], norm: float) -> None:
-        """A cheap step's gradient: g + λ·‖g‖·v (v = 0 for parameters outside it)."""
+    def _apply_reuse(self, owners: list[Tensor], grads: list[Tensor], sq: Tensor) -> Tensor:
+        """A cheap step's gradient: g + λ·‖g‖·v (v = 0 for parameters outside it), formed in
+        ``sq``'s dtype (float32 or wider: λ‖g‖ and the sum may exceed half precision's range
+        where g + λ‖g‖·v does not) and rounded once into ``.grad``. Returns the sum of squares
+        of the gradients the base optimizer now receives (non-finite where that rounding
+        overflowed). No host synchronisation."""
         pairs = [
             (g, self.state[p]["sam_reuse"])
             for p, g in zip(owners, grads)
             if p in self.state and "sam_reuse" in self.state[p]
         ]
         if pairs:
-            gs, vs = zip(*pairs)
-            torch._foreach_add_(list(gs), list(vs), alpha=self.schedule.reuse * norm)
+            gs, vs = (list(t) for t in zip(*pairs))
+            wide = [g.to(sq.dtype) for g in gs]  # g itself when it is of that dtype already
+            coef = sq.sqrt() * self.schedule.reuse
+            torch._foreach_add_(wide, torch._foreach_mul([v.to(sq.dtype) for v in vs], coef))
+            narrow = [(g, w) for g, w in zip(gs, wide) if w is not g]
+            if narrow:
+                torch._foreach_copy_(*(list(t) for t in zip(*narrow)))
+        return global_sq_sums([grads], sq.dtype, self._reduce)[0]
 
     @torch.no_grad()
     def descent_step(
@@ -831,19 +841,19 @@ class SAMFamily(Optimizer):
         """One pass's gradient, then the base step: ρ = 0 everywhere (exactly the base
         optimizer) or a cheap step of the schedule (the clean gradient, plus the reuse term
         when the schedule has one and a full update has left its vector). Skipped, changing
-        nothing, when the loss or the gradient is not finite."""
+        nothing, when the loss or the gradient the base optimizer would receive (the reuse
+        term included) is not finite."""
         owners = [p for p in self._group_params() if p.grad is not None]
         grads = [local_tensor(p.grad) for p in owners]
         ok = True
         if grads:
             sq = global_sq_sums([grads], acc_dtype(grads), self._reduce)[0]
-            lt = _as_tensor(loss)
-            ok = bool(
-                self._dist.agree_all(torch.isfinite(sq) & torch.isfinite(lt).to(sq.device).all())
-            )
-            if ok and cheap and self._reuse_valid and self.schedule.reuse > 0.0:
-                self._apply_reuse(owners, grads, float(sq.sqrt()))
-            elif not ok and scaler is not None and scaler.is_enabled():
+            finite = torch.isfinite(sq) & torch.isfinite(_as_tensor(loss)).to(sq.device).all()
+            if cheap and self._reuse_valid and self.schedule.reuse > 0.0:
+                # check what the base optimizer will receive, reuse term included
+                finite = finite & torch.isfinite(self._apply_reuse(owners, grads, sq))
+            ok = bool(self._dist.agree_all(finite))
+            if not ok and scaler is not None and scaler.is_enabled():
                 for p in owners:  # the scaler must see the skip to lower its scale
                     p.grad = torch.full_like(p, float("nan"))
         if cheap:

@@ -19,6 +19,7 @@ __all__ = [
     "global_norm",
     "global_sq_sums",
     "precise_sq_sums",
+    "scale_",
     "ReduceFn",
 ]
 
@@ -128,5 +129,19 @@ def add_scaled_(ys: list[Tensor], xs: list[Tensor], coef: Tensor | float) -> Non
         coef = float(coef)
     if isinstance(coef, Tensor):
         torch._foreach_add_(ys, torch._foreach_mul(xs, coef.to(xs[0].dtype)))
+    elif abs(coef) > min(torch.finfo(y.dtype).max for y in ys):
+        # an ``alpha`` beyond float16's range is refused by torch (ρ/‖g‖ for a vanishing g);
+        # a scalar multiply forms coef·x in float32 and rounds once
+        torch._foreach_add_(ys, torch._foreach_mul(xs, coef))
     else:
         torch._foreach_add_(ys, xs, alpha=coef)
+
+
+def scale_(tensors: list[Tensor], coef: float) -> None:
+    """``tensors *= coef`` in place, also when ``coef`` lies beyond a half-precision dtype's
+    range and the products do not (``1/‖g‖`` for a vanishing float16 ``g``): torch's in-place
+    multiply by a Python number rounds the number to the tensors' dtype first (``0·inf``)."""
+    if tensors and abs(coef) > min(torch.finfo(t.dtype).max for t in tensors):
+        torch._foreach_copy_(tensors, torch._foreach_mul(tensors, coef))
+    else:
+        torch._foreach_mul_(tensors, coef)

@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 from ..policies import frozen_norm_stats
 from ._args import FAMILY_KEYWORDS, as_real, check_number
 from ._core import EPS, SAMFamily, _as_tensor, _Update
-from ._vec import add_scaled_, precise_sq_sums
+from ._vec import add_scaled_, precise_sq_sums, scale_
 from .schedule import PerturbationSchedule
 
 __all__ = ["XSAM", "DEFAULT_ALPHA_GRID", "slerp_coefficients"]
@@ -389,8 +389,8 @@ class _Angle:
 
     def unit_vectors(self, P: list[Tensor], g: list[Tensor]) -> None:
         """P, g → v₀, v₁ (the α search probes along them)."""
-        torch._foreach_mul_(g, 1.0 / self.r1)
-        torch._foreach_mul_(P, 1.0 / self.r0)
+        scale_(g, 1.0 / self.r1)
+        scale_(P, 1.0 / self.r0)
         add_scaled_(P, g, -self.sigma)
         self.sigma, self.r0, self.r1, self.p_norm = 0.0, 1.0, 1.0, 1.0  # ‖v₀‖ ≤ 1
 
