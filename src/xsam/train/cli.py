@@ -103,6 +103,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "amp": ("MODE", f"mixed precision: {', '.join(AMP_MODES)} (fp16 uses a GradScaler)"),
     "eval_batch_size": ("B", "batch size of the evaluation"),
     "keep_checkpoints": (None, "also keep checkpoints/epochNNN.pt (weights) for `xsam probe`"),
+    "checkpoint_every": ("N", "also save last.pt every N updates (--resume continues mid-epoch)"),
 }
 
 
@@ -338,7 +339,12 @@ def _cmd_train(ns: argparse.Namespace) -> int:
             out=str(Path("runs") / f"{_default_name(c)}-{c.optimizer}-seed{c.seed}")
         )
     out = Path(config.out)  # type: ignore[arg-type]
-    if ns.resume and (out / CONFIG).is_file():
+    if ns.resume and not (out / CONFIG).is_file():
+        raise ConfigError(
+            f"--resume: {out} holds no saved run (no {CONFIG}), so there is nothing to "
+            "continue; to start a run there, drop --resume (and give its settings)"
+        )
+    if ns.resume:
         # The saved config is the base and only the flags written now change it (checked by
         # train): a preset named again must be the run's own, and does not reset anything.
         saved = TrainConfig.from_json(out / CONFIG)

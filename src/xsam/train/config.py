@@ -57,7 +57,9 @@ WEIGHT_DECAY_ON = ("all", "matrices")
 AMP_MODES = ("off", "bf16", "fp16")
 AUGMENT_ALIASES = {"paper": "crop4+flip+cutout16@0.5", "none": ""}
 PAPER_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
-RESUME_FREE_KEYS = frozenset({"out", "device", "threads", "data_dir", "preset", "keep_checkpoints"})
+RESUME_FREE_KEYS = frozenset(
+    {"out", "device", "threads", "data_dir", "preset", "keep_checkpoints", "checkpoint_every"}
+)
 """Config fields a resumed run may change: they do not change the results (on one device)."""
 
 
@@ -118,7 +120,9 @@ class TrainConfig:
     Run: seed, device (``auto`` picks CUDA when present), threads (CPU threads; ``None``: torch's
         default), amp (``off``, ``bf16``, ``fp16``: autocast, fp16 with a GradScaler),
         eval_batch_size, out (the run folder; ``None``: write nothing), preset (the preset the
-        config came from, recorded for the reader).
+        config came from, recorded for the reader), keep_checkpoints (also keep the weights of
+        every epoch), checkpoint_every (also save ``last.pt`` every that many updates, so that
+        a run killed mid-epoch resumes from there, bit for bit; ``None``: at epoch ends only).
     """
 
     dataset: str = "fashion-mnist-sample"
@@ -164,6 +168,7 @@ class TrainConfig:
     amp: str = "off"
     eval_batch_size: int = 1000
     keep_checkpoints: bool = False
+    checkpoint_every: int | None = None
     out: str | None = None
     preset: str | None = field(default=None)
 
@@ -260,7 +265,8 @@ class TrainConfig:
                 raise ConfigError("alpha_grid should be a non-empty list of numbers but is: []")
         for name in ("steps", "epochs", "batch_size", "eval_batch_size"):
             setattr(c, name, _int(name, getattr(c, name), low=None if name in unused else 1))
-        for name in ("alpha_every", "threads", "limit_train", "limit_test", "val_size"):
+        for name in ("alpha_every", "threads", "limit_train", "limit_test", "val_size",
+                     "checkpoint_every"):  # fmt: skip
             if getattr(c, name) is not None:
                 low = None if name in unused else 1
                 setattr(c, name, _int(name, getattr(c, name), low=low))
@@ -557,6 +563,7 @@ _PARSERS: dict[str, Any] = {
     "amp": str,
     "eval_batch_size": _typed(int),
     "keep_checkpoints": _bool,
+    "checkpoint_every": _optional(_typed(int)),
     "out": _optional(str),
     "preset": _optional(str),
 }

@@ -32,6 +32,7 @@ __all__ = [
     "evaluate",
     "memorisation_metrics",
     "predictions",
+    "batches_done",
     "run_epoch",
     "train_epoch",
 ]
@@ -68,12 +69,36 @@ class EpochTotals:
     seen: int = 0
     searches: int = 0
     stats: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in STAT_KEYS})
+    time_s: float = 0.0  # training time of the epoch so far
 
     @classmethod
     def zeros(cls, device: torch.device) -> EpochTotals:
         return cls(
             torch.zeros((), dtype=torch.float64, device=device),
             torch.zeros((), dtype=torch.int64, device=device),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The totals so far, for a mid-epoch checkpoint (exact: the sums as tensors)."""
+        return {
+            "loss_sum": self.loss_sum.detach().cpu().clone(),
+            "correct": self.correct.detach().cpu().clone(),
+            "seen": self.seen,
+            "searches": self.searches,
+            "stats": {k: list(v) for k, v in self.stats.items()},
+            "time_s": self.time_s,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], device: torch.device) -> EpochTotals:
+        """The totals :meth:`state_dict` saved, on ``device``."""
+        return cls(
+            state["loss_sum"].to(device),
+            state["correct"].to(device),
+            int(state["seen"]),
+            int(state["searches"]),
+            {k: list(state["stats"].get(k, [])) for k in STAT_KEYS},
+            float(state["time_s"]),
         )
 
     def add(self, result: UpdateResult, y: torch.Tensor) -> None:
@@ -96,19 +121,48 @@ class EpochTotals:
         return sum(finite) / len(finite) if finite else None
 
 
-def train_epoch(
-    state: RunState, update: Update, epoch: int, *, progress: bool = False
-) -> EpochTotals:
-    """Run every update of epoch ``epoch`` (0-based) from where ``state.loader`` stands,
-    setting each update's learning rate first; XSAM with ``alpha_every=None`` is asked for an
-    α search at the epoch's first update."""
-    state.model.train()
+def batches_done(state: RunState, epoch: int) -> int:
+    """How many batches of epoch ``epoch`` the run has done (> 0 only after a resume from a
+    mid-epoch checkpoint)."""
+    where = state.loader.state_dict()
+    return where["batch"] if where["epoch"] == epoch else 0
+
+
+def _start_epoch(state: RunState, epoch: int) -> EpochTotals:
+    """Position the loader at epoch ``epoch``'s next batch and return the epoch's totals so
+    far: zeros at the epoch's start (where XSAM with ``alpha_every=None`` is asked for an α
+    search), the saved ones after a mid-epoch resume."""
+    device = state.loader.device
+    if batches_done(state, epoch) > 0 and state.partial is not None:
+        totals = EpochTotals.from_state(state.partial, device)
+        state.partial = None
+        return totals
+    state.partial = None
     state.loader.set_epoch(epoch)
     if state.xsam and state.config.alpha_every is None:
         state.opt.request_alpha_search()  # type: ignore[attr-defined]
-    totals = EpochTotals.zeros(state.loader.device)
+    return EpochTotals.zeros(device)
+
+
+def train_epoch(
+    state: RunState,
+    update: Update,
+    epoch: int,
+    *,
+    progress: bool = False,
+    on_update: Callable[[EpochTotals], None] | None = None,
+) -> EpochTotals:
+    """Run every update of epoch ``epoch`` (0-based) from where ``state.loader`` stands,
+    setting each update's learning rate first; XSAM with ``alpha_every=None`` is asked for an
+    α search at the epoch's first update. ``on_update(totals)`` is called after every update
+    but the epoch's last (for mid-epoch checkpoints)."""
+    state.model.train()
+    totals = _start_epoch(state, epoch)
+    done, n = batches_done(state, epoch), len(state.loader)
+    t0, before = time.perf_counter(), totals.time_s
     bar = tqdm(
-        total=len(state.loader),
+        total=n,
+        initial=done,
         desc=f"epoch {epoch + 1}/{state.config.epochs}",
         unit="batch",
         leave=False,
@@ -122,9 +176,13 @@ def train_epoch(
             state.skipped_plain += result.skipped
         totals.add(result, y)
         state.global_step += 1
+        done += 1
+        totals.time_s = before + (time.perf_counter() - t0)
         bar.update(1)
         if progress and state.global_step % 10 == 0:
             bar.set_postfix(loss=f"{float(result.loss):.4f}")
+        if on_update is not None and done < n:
+            on_update(totals)
     bar.close()
     return totals
 
@@ -139,17 +197,18 @@ def run_epoch(
     ranks: Ranks | None = None,
     progress: bool = False,
     memorisation: tuple[BatchLoader | None, torch.Tensor | None] = (None, None),
+    on_update: Callable[[EpochTotals], None] | None = None,
 ) -> dict[str, Any]:
     """Train epoch ``epoch`` and evaluate; return its row of metrics (not yet appended to
     ``state.metrics``). ``eval_loaders`` maps a prefix (``"test"``, ``"val"``) to a loader,
     or to ``None`` for a set the run does not have (its columns are then ``None``).
     ``memorisation``: with label noise, the training images in order with their noisy labels
-    and the true labels, for :func:`memorisation_metrics`."""
+    and the true labels, for :func:`memorisation_metrics`. ``on_update``: see
+    :func:`train_epoch`."""
     ranks = ranks or Ranks()
-    lr = state.schedule.lr(state.global_step)
-    t0 = time.perf_counter()
-    totals = train_epoch(state, update, epoch, progress=progress)
-    train_time = time.perf_counter() - t0
+    lr = state.schedule.lr(state.global_step - batches_done(state, epoch))
+    totals = train_epoch(state, update, epoch, progress=progress, on_update=on_update)
+    train_time = totals.time_s
     totals.reduce(ranks)  # train metrics over every rank's share
     ranks.align_buffers(state.model)
     t1 = time.perf_counter()

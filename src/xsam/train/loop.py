@@ -52,7 +52,7 @@ from .checkpoint import (
     write_metrics,
 )
 from .config import RESUME_FREE_KEYS, RESUME_HOW, ConfigError, TrainConfig, resume_diff
-from .epoch import epoch_line, evaluate, run_epoch
+from .epoch import EpochTotals, batches_done, epoch_line, evaluate, run_epoch
 from .ranks import Ranks, close_process_group, init_ranks
 from .state import RunState, build_optimizer, build_run_state, lr_factor
 from .updates import make_autocast, make_update
@@ -170,6 +170,12 @@ def _process_device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
+        if cfg.checkpoint_every is not None:
+            raise ConfigError(
+                "checkpoint_every is not available under torchrun yet (mid-epoch, each rank's "
+                "loader position, augmentation and BatchNorm statistics differ); the run is "
+                "checkpointed after every epoch"
+            )
         if cfg.batch_size % ranks.world:
             raise ConfigError(
                 f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
@@ -197,9 +203,14 @@ def _open_run(
                     f"cannot resume {run_dir}: the config differs from the saved one "
                     f"({'; '.join(diff)})" + RESUME_HOW
                 )
-        mode = prepare_run_dir(run_dir, resume=resume, force=force)
-        if resume and mode == "new" and status == "started":
-            say(f"{run_dir}: no finished epoch to resume from; starting the run")
+        # a folder with this config and no checkpoint (a start that failed, e.g. on missing
+        # data) holds nothing to lose: the same run starts again there without --resume
+        again = status == "started" and not resume_diff(saved.validated(), cfg)  # type: ignore[union-attr]
+        mode = prepare_run_dir(run_dir, resume=resume or again, force=force)
+        if mode == "new":  # saved first: a run killed at any point later resumes as itself
+            atomic_write_text(run_dir / CONFIG, cfg.to_json())
+        if mode == "new" and status == "started" and not force:
+            say(f"{run_dir}: no checkpoint to resume from; starting the run again")
         if mode == "resume" and status == "complete":
             metrics = read_metrics(run_dir)
             say(f"{run_dir}: already complete ({len(metrics)} epochs)")
@@ -237,9 +248,8 @@ def _run(
     if mode == "resume":
         assert run_dir is not None
         _resume(state, run_dir, writer, info)
-        say(f"{run_dir}: resuming after epoch {state.epoch}/{cfg.epochs}")
+        say(f"{run_dir}: resuming {_position(state)}")
     elif writer is not None:
-        atomic_write_text(writer / CONFIG, cfg.to_json())
         atomic_write_text(writer / RUN_INFO, _to_json(info))
     resumed_from = state.epoch if mode == "resume" else None
 
@@ -257,6 +267,7 @@ def _run(
             autocast=autocast,
             ranks=ranks,
             progress=progress,
+            on_update=_mid_epoch_saver(state, writer),
         )
         state.metrics.append(row)
         if writer is not None:
@@ -279,6 +290,31 @@ def _resume(state: RunState, run_dir: Path, writer: Path | None, info: dict[str,
         old.setdefault("resumed", []).append({k: info[k] for k in ("argv", "started", "host")})
         info = {**old, "device": info["device"], "threads": info["threads"]}
         atomic_write_text(writer / RUN_INFO, _to_json(info))
+
+
+def _position(state: RunState) -> str:
+    """Where a resumed run stands: after an epoch, or at an update inside one."""
+    done, n = batches_done(state, state.epoch), len(state.loader)
+    if done == 0:
+        return f"after epoch {state.epoch}/{state.config.epochs}"
+    return (
+        f"at update {state.global_step} (epoch {state.epoch + 1}/{state.config.epochs}, "
+        f"batch {done}/{n})"
+    )
+
+
+def _mid_epoch_saver(state: RunState, writer: Path | None) -> Callable[[EpochTotals], None] | None:
+    """With ``checkpoint_every``: a callback that writes ``last.pt`` after every that many
+    updates (with the epoch's totals so far), so a run killed mid-epoch resumes from there."""
+    every = state.config.checkpoint_every
+    if every is None:
+        return None
+
+    def save(totals: EpochTotals) -> None:
+        if writer is not None and state.global_step % every == 0:
+            atomic_save(state.checkpoint(partial=totals.state_dict()), writer / CHECKPOINT)
+
+    return save
 
 
 def write_epoch(state: RunState, run_dir: Path) -> None:

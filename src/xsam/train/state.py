@@ -189,6 +189,7 @@ class RunState:
     global_step: int = 0
     skipped_plain: int = 0
     processes: int = 1  # torchrun's world size: data shards and local perturbation depend on it
+    partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's epoch totals so far
 
     @property
     def epoch(self) -> int:
@@ -210,10 +211,13 @@ class RunState:
             return self.opt.skipped_updates  # type: ignore[attr-defined]
         return self.skipped_plain
 
-    def checkpoint(self) -> dict[str, Any]:
+    def checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``last.pt`` holds: this state, the global RNG states and the run's identity
-        (config, data fingerprint, xsam version)."""
+        (config, data fingerprint, xsam version). ``partial``: written mid-epoch, the epoch's
+        totals so far (:meth:`xsam.train.epoch.EpochTotals.state_dict`); the loader state
+        then says where in the epoch the run stands."""
         return {
+            "partial_epoch": partial,
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
@@ -254,6 +258,12 @@ class RunState:
         self.metrics = list(ckpt["metrics"])
         self.global_step = int(ckpt["scheduler"]["step"])
         self.skipped_plain = int(ckpt.get("skipped_plain", 0))
+        self.partial = ckpt.get("partial_epoch")
+        if self.loader.state_dict()["batch"] > 0 and self.partial is None:
+            raise ConfigError(
+                f"cannot resume from {run_dir / CHECKPOINT}: it stands mid-epoch but holds no "
+                "totals of the epoch so far"
+            )
 
     def _check_same_run(self, ckpt: dict[str, Any], run_dir: Path) -> None:
         """Refuse a checkpoint of another run (copied in, or a config.json edited since): its
