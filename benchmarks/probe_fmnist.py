@@ -40,12 +40,12 @@ from xsam.analysis import (
     probe_directions,
     worst_case_sharpness,
 )
-from xsam.analysis.runs import checkpoint_paths
 from xsam.data import load_dataset, normalize, stratified_indices
 from xsam.models import build_model
 from xsam.train import TrainConfig, load_checkpoint
 from xsam.train.checkpoint import run_status
 from xsam.train.compare import mean_std
+from xsam.train.probe import checkpoint_paths
 from xsam.train.state import model_options
 
 CANDIDATES = ("g0", "g1", "g2", "g3", "xsam1", "xsam2", "xsam3", "plane_max")

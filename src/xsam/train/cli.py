@@ -528,7 +528,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def _cmd_probe(ns: argparse.Namespace) -> int:
-    from ..analysis.runs import probe_run
+    from .probe import probe_run
 
     epochs = None
     if ns.epochs is not None:
