@@ -70,13 +70,16 @@ def frozen_norm_stats(model: nn.Module | None) -> Iterator[None]:
 
 def _live_stats(model: nn.Module) -> list[torch.Tensor]:
     """The running-statistics buffers ``model`` holds *now* (``module.to()``, ``.double()``,
-    ``accelerator.prepare`` replace buffer tensors, so they are looked up at every use)."""
-    return [
-        buf
-        for m in norm_modules(model)
-        for name in _STATS
-        if isinstance(buf := getattr(m, name, None), torch.Tensor)
-    ]
+    ``accelerator.prepare`` replace buffer tensors, so they are looked up at every use). The
+    modules of :func:`norm_modules`, read through ``_buffers`` (one walk of the model, about
+    80 µs for a ResNet-18 on a CPU)."""
+    live = []
+    for m in model.modules():
+        if isinstance(m, _NormBase) and m.track_running_stats:
+            bufs = m._buffers
+            if bufs.get("running_mean") is not None:
+                live += [b for name in _STATS if (b := bufs.get(name)) is not None]
+    return live
 
 
 class NormStatsSnapshot:
@@ -93,6 +96,10 @@ class NormStatsSnapshot:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._copies: list[torch.Tensor] = []
+        # the buffers found at the last save and their copy groups: reused while a fresh look
+        # finds the very same tensors (the common case), rebuilt when it does not
+        self._seen: list[torch.Tensor] = []
+        self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
 
     def __len__(self) -> int:
         return len(_live_stats(self.model))
@@ -100,10 +107,12 @@ class NormStatsSnapshot:
     @torch.no_grad()
     def save(self) -> None:
         live = _live_stats(self.model)
-        if not _same_layout(self._copies, live):
-            self._copies = [torch.empty_like(b) for b in live]
-        if live:
-            _copy_lists(self._copies, live)
+        if len(live) != len(self._seen) or any(a is not b for a, b in zip(live, self._seen)):
+            if not _same_layout(self._copies, live):
+                self._copies = [torch.empty_like(b) for b in live]
+            self._seen, self._groups = live, _grouped(self._copies, live)
+        for dst, src in self._groups:
+            torch._foreach_copy_(dst, src)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -115,8 +124,8 @@ class NormStatsSnapshot:
                 "the normalisation layers of the model changed between saving and restoring "
                 f"their running statistics ({len(self._copies)} buffers saved, {len(live)} now)"
             )
-        if live:
-            _copy_lists(live, self._copies)
+        for dst, src in _grouped(live, self._copies):
+            torch._foreach_copy_(dst, src)
 
 
 def _same_layout(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
@@ -125,11 +134,13 @@ def _same_layout(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     )
 
 
-def _copy_lists(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+def _grouped(
+    dst: list[torch.Tensor], src: list[torch.Tensor]
+) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """``(dst, src)`` pairs split by device and dtype: one ``_foreach_copy_`` each."""
     groups: dict[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for d, s in zip(dst, src, strict=True):
         g = groups.setdefault((d.device, d.dtype, s.device, s.dtype), ([], []))
         g[0].append(d)
         g[1].append(s)
-    for d_list, s_list in groups.values():
-        torch._foreach_copy_(d_list, s_list)
+    return list(groups.values())
