@@ -281,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     s = choose(runner, out, args.regime, "sam", rhos)
     x = choose(runner, out, args.regime, "xsam", rhos)
     print(f"{args.regime}: chosen on validation: sam {s:g}, xsam {x:g}", flush=True)
-    labels = {"adamw": ("adamw", None), f"sam:rho={s:g}": ("sam", s), f"xsam:rho={x:g}": ("xsam", x)}
+    labels = {
+        "adamw": ("adamw", None),
+        f"sam:rho={s:g}": ("sam", s),
+        f"xsam:rho={x:g}": ("xsam", x),
+    }
     for seed in range(args.seeds):
         for method, rho in labels.values():
             get(runner, out, args.regime, method, rho, seed)

@@ -14,7 +14,9 @@
 #    wins (twice at most). AdamW's learning rate and decay are the preset's, not tuned.
 # 2) AdamW, SAM and XSAM at those radii, paired seeds 0..SEEDS_MAX (default 4), one seed at a
 #    time so that every finished seed is a complete pair (`--seeds 0-n`, finished runs skipped).
-# 3) the summaries (configs, metrics, results, no checkpoints) copied to benchmarks/results/vit/.
+# 3) the summaries (reports, and every finished run in runs.jsonl: no checkpoints, no
+#    metrics.csv, which repeats metrics.jsonl) copied to
+#    benchmarks/results/vit/.
 # SCHEDULE=1 adds the schedule row (SAM with LookSAM reuse lambda REUSE=0.5 on the cheap steps,
 # a full update every 4th step) to the 40% grid, all seeds.
 # The runs import the code snapshot $OUT/src (copied from src/ at the first start, so that
@@ -61,12 +63,22 @@ tune() {  # $1 optimizer, $2 folder: the sweep, widened (twice at most) while on
     rhos=$more
   done
 }
-collect() {  # $1 a cell folder under $OUT: copied to $RESULTS without checkpoints
+collect() {  # $1 a cell folder under $OUT: its finished runs copied to $RESULTS, each
+  # comparison's runs in one runs.jsonl (benchmarks/README.md), no checkpoints
   $PY - "$1" "$RESULTS/$(basename "$1")" <<'PYEOF'
-import shutil, sys
-shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True,
-                ignore=shutil.ignore_patterns("*.pt", "checkpoints", "*.tmp"))
+import json, os, shutil, sys
+def unfinished(run):  # a run folder with fewer epochs of metrics than its config asks for
+    if not os.path.isfile(os.path.join(run, "config.json")):
+        return False
+    epochs = json.load(open(os.path.join(run, "config.json")))["epochs"]
+    metrics = os.path.join(run, "metrics.jsonl")
+    return not os.path.isfile(metrics) or sum(1 for _ in open(metrics)) < epochs
+def skip(folder, names):  # checkpoints, and the folders of runs not finished yet
+    return [n for n in names if n.endswith((".pt", ".tmp")) or n in ("checkpoints", "metrics.csv")
+            or unfinished(os.path.join(folder, n))]
+shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True, ignore=skip)
 PYEOF
+  env -u PYTHONPATH "$PY" benchmarks/consolidate_results.py --prune "$RESULTS/$(basename "$1")"
 }
 for NOISE in ${NOISES:-0.4 0.0}; do
   TAG=n$($PY -c "print(round($NOISE * 100))")
