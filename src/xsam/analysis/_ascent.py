@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import Tensor
 
-from .vectors import EPS, FlatModel, LossFn, cosine
+from . import _check
+from .vectors import EPS, FlatModel, LossFn, cosine, unit
 
 _GROW, _SHRINK, _MAX_STEP = 1.5, 0.5, 1.0
 
@@ -109,4 +113,100 @@ def ascend(
         rel_loss_change=(loss - old_loss) / (abs(loss) + EPS),
         direction_change=math.acos(cosine(old_delta, delta)) if accepted else 0.0,
         stationarity=stationarity,
+    )
+
+
+_DUPLICATE_COS = 1.0 - 1e-9  # starts closer than this to an earlier one are skipped
+
+
+@dataclass
+class SphereSearch:
+    """The runs of a multi-start search and the best of them."""
+
+    best: AscentRun
+    best_name: str
+    runs: list[tuple[str, AscentRun]]
+    skipped: list[str]
+
+
+def sphere_search(
+    fm: FlatModel,
+    loss_fn: LossFn,
+    starts: Sequence[tuple[str, Tensor]],
+    *,
+    radius: float,
+    iters: int,
+    lr: float,
+    tol: float,
+    sphere: bool = True,
+) -> SphereSearch:
+    """Projected gradient ascent from each start (skipping zero and duplicate starts); the run
+    with the highest final loss wins (ties: the earlier start)."""
+    runs: list[tuple[str, AscentRun]] = []
+    kept: list[Tensor] = []
+    skipped: list[str] = []
+    for name, vec in starts:
+        if float(vec.norm()) == 0.0 or not bool(torch.isfinite(vec).all()):
+            skipped.append(name)
+            continue
+        d = unit(vec)
+        if any(float(d @ other) > _DUPLICATE_COS for other in kept):
+            skipped.append(name)
+            continue
+        kept.append(d)
+        run = ascend(
+            fm, loss_fn, radius * d, radius=radius, sphere=sphere, iters=iters, lr=lr, tol=tol
+        )
+        runs.append((name, run))
+    if not runs:
+        raise RuntimeError("the sphere search had no usable start (all zero or non-finite)")
+    best_i = max(range(len(runs)), key=lambda i: (loss_rank(runs[i][1].loss), -i))
+    return SphereSearch(runs[best_i][1], runs[best_i][0], runs, skipped)
+
+
+def loss_rank(x: float) -> float:
+    """A loss for ranking: NaN below every number."""
+    return -math.inf if math.isnan(x) else x
+
+
+def search_report(search: SphereSearch, clean_loss: float) -> dict[str, Any]:
+    """What a sphere search found, as plain values: the best loss and its increase over
+    ``clean_loss``, its convergence, and every start's loss and agreement with the best."""
+    best = search.best
+    losses = [run.loss for _, run in search.runs]
+    finite = [x for x in losses if math.isfinite(x)]
+    spread = (max(finite) - min(finite)) if finite else math.nan
+    return {
+        "loss": best.loss,
+        "increase": best.loss - clean_loss,
+        "best_start": search.best_name,
+        "converged": best.converged,
+        "rel_loss_change": best.rel_loss_change,
+        "direction_change": best.direction_change,
+        "stationarity": best.stationarity,
+        "final_step": best.step,
+        "loss_spread": spread,
+        "rel_loss_spread": spread / (abs(best.loss) + EPS),
+        "trials": sum(run.trials for _, run in search.runs),
+        "starts": [
+            {
+                "name": name,
+                "loss": run.loss,
+                "cos_to_best": cosine(run.delta, best.delta),
+                "trials": run.trials,
+                "accepted": run.accepted,
+                "converged": run.converged,
+            }
+            for name, run in search.runs
+        ],
+        "skipped_starts": list(search.skipped),
+    }
+
+
+def ascent_args(iters: Any, lr: Any, tol: Any) -> tuple[int, float, float]:
+    """The ascent's ``iters``, ``lr`` and ``tol`` arguments, checked."""
+    return (
+        _check.integer("ascent_iters", iters, low=0),
+        _check.real("ascent_lr", lr, low=0.0, strict=True),
+        _check.real("ascent_tol", tol, low=0.0, strict=True),
     )

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..optim import DEFAULT_ALPHA_GRID, slerp_coefficients
 from . import _check
-from ._ascent import AscentRun, ascend
+from ._ascent import ascent_args, loss_rank, search_report, sphere_search
 from .vectors import EPS, FlatModel, LossFn, cosine, unit
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "flatten_result",
 ]
 
-_DUPLICATE_COS = 1.0 - 1e-9  # starts closer than this to an earlier one are skipped
 _DEGENERATE = 1e-8  # ‖v₁ − ⟨v₁,v₀⟩v₀‖ below this: v₀ ∥ v₁, the plane is undefined
 
 
@@ -116,93 +115,6 @@ def _normalised(v: Tensor) -> Tensor:
     return v / n if float(n) > 0.0 else v
 
 
-@dataclass
-class SphereSearch:
-    best: AscentRun
-    best_name: str
-    runs: list[tuple[str, AscentRun]]
-    skipped: list[str]
-
-
-def sphere_search(
-    fm: FlatModel,
-    loss_fn: LossFn,
-    starts: Sequence[tuple[str, Tensor]],
-    *,
-    radius: float,
-    iters: int,
-    lr: float,
-    tol: float,
-    sphere: bool = True,
-) -> SphereSearch:
-    """Projected gradient ascent from each start (skipping zero and duplicate starts); the run
-    with the highest final loss wins (ties: the earlier start)."""
-    runs: list[tuple[str, AscentRun]] = []
-    kept: list[Tensor] = []
-    skipped: list[str] = []
-    for name, vec in starts:
-        if float(vec.norm()) == 0.0 or not bool(torch.isfinite(vec).all()):
-            skipped.append(name)
-            continue
-        d = unit(vec)
-        if any(float(d @ other) > _DUPLICATE_COS for other in kept):
-            skipped.append(name)
-            continue
-        kept.append(d)
-        run = ascend(
-            fm, loss_fn, radius * d, radius=radius, sphere=sphere, iters=iters, lr=lr, tol=tol
-        )
-        runs.append((name, run))
-    if not runs:
-        raise RuntimeError("the sphere search had no usable start (all zero or non-finite)")
-    best_i = max(range(len(runs)), key=lambda i: (_rank(runs[i][1].loss), -i))
-    return SphereSearch(runs[best_i][1], runs[best_i][0], runs, skipped)
-
-
-def _rank(x: float) -> float:
-    return -math.inf if math.isnan(x) else x
-
-
-def _search_report(search: SphereSearch, clean_loss: float) -> dict[str, Any]:
-    best = search.best
-    losses = [run.loss for _, run in search.runs]
-    finite = [x for x in losses if math.isfinite(x)]
-    spread = (max(finite) - min(finite)) if finite else math.nan
-    return {
-        "loss": best.loss,
-        "increase": best.loss - clean_loss,
-        "best_start": search.best_name,
-        "converged": best.converged,
-        "rel_loss_change": best.rel_loss_change,
-        "direction_change": best.direction_change,
-        "stationarity": best.stationarity,
-        "final_step": best.step,
-        "loss_spread": spread,
-        "rel_loss_spread": spread / (abs(best.loss) + EPS),
-        "trials": sum(run.trials for _, run in search.runs),
-        "starts": [
-            {
-                "name": name,
-                "loss": run.loss,
-                "cos_to_best": cosine(run.delta, best.delta),
-                "trials": run.trials,
-                "accepted": run.accepted,
-                "converged": run.converged,
-            }
-            for name, run in search.runs
-        ],
-        "skipped_starts": list(search.skipped),
-    }
-
-
-def _ascent_args(iters: Any, lr: Any, tol: Any) -> tuple[int, float, float]:
-    return (
-        _check.integer("ascent_iters", iters, low=0),
-        _check.real("ascent_lr", lr, low=0.0, strict=True),
-        _check.real("ascent_tol", tol, low=0.0, strict=True),
-    )
-
-
 # ---------------------------------------------------------------------------------- public
 def sphere_maximum(
     model: nn.Module,
@@ -239,7 +151,7 @@ def sphere_maximum(
     loss_fn = _check.loss_function(loss_fn)
     radius = _check.real("radius", radius, low=0.0, strict=True)
     n_starts = _check.integer("n_starts", n_starts, low=0)
-    iters, lr, tol = _ascent_args(ascent_iters, ascent_lr, ascent_tol)
+    iters, lr, tol = ascent_args(ascent_iters, ascent_lr, ascent_tol)
     with FlatModel(model, seed=seed) as fm:
         generator = torch.Generator().manual_seed(seed)
         starts = [
@@ -250,7 +162,7 @@ def sphere_maximum(
             raise ValueError("sphere_maximum needs a start: give directions or n_starts >= 1")
         clean = fm.loss(loss_fn, fm.theta0)
         search = sphere_search(fm, loss_fn, starts, radius=radius, iters=iters, lr=lr, tol=tol)
-    report = _search_report(search, clean)
+    report = search_report(search, clean)
     report["direction"] = unit(search.best.delta)
     report["clean_loss"] = clean
     return report
@@ -325,7 +237,7 @@ def probe_directions(
     K = _check.integer("max_steps_k", max_steps_k, low=1)
     grid = _check.alpha_grid(alpha_grid, DEFAULT_ALPHA_GRID)
     n_starts = _check.integer("n_starts", n_starts, low=0)
-    iters, lr, tol = _ascent_args(ascent_iters, ascent_lr, ascent_tol)
+    iters, lr, tol = ascent_args(ascent_iters, ascent_lr, ascent_tol)
     n_plane = _check.integer("n_plane", n_plane, low=4)
     t0 = time.perf_counter()
 
@@ -369,7 +281,7 @@ def probe_directions(
             "losses": plane_losses,
             "degenerate": degenerate,
         },
-        "u_star": _search_report(search, clean),
+        "u_star": search_report(search, clean),
         "passes": passes,
         "time_s": time.perf_counter() - t0,
     }
@@ -405,7 +317,7 @@ def _plane_circle(fm: Any, loss_fn: LossFn, e1: Tensor, e2: Tensor, radius: floa
     losses = [
         fm.loss(loss_fn, fm.theta0 + radius * (math.cos(a) * e1 + math.sin(a) * e2)) for a in angles
     ]
-    j = max(range(n), key=lambda i: (_rank(losses[i]), -i))
+    j = max(range(n), key=lambda i: (loss_rank(losses[i]), -i))
     return angles, losses, j
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _check
-from .directions import _ascent_args, _search_report, sphere_search
+from ._ascent import ascent_args, search_report, sphere_search
 from .vectors import EPS, FlatModel, LossFn
 
 __all__ = ["hessian_top_eigenvalue", "worst_case_sharpness"]
@@ -173,7 +173,7 @@ def worst_case_sharpness(
     loss_fn = _check.loss_function(loss_fn)
     rho = _check.real("rho", rho, low=0.0, strict=True)
     n_starts = _check.integer("n_starts", n_starts, low=0)
-    iters, lr, tol = _ascent_args(iters, lr, tol)
+    iters, lr, tol = ascent_args(iters, lr, tol)
     with FlatModel(model, seed=seed) as fm:
         generator = torch.Generator().manual_seed(seed)
         clean, g0 = fm.loss_and_grad(loss_fn, fm.theta0)
@@ -185,7 +185,7 @@ def worst_case_sharpness(
         search = sphere_search(
             fm, loss_fn, starts, radius=rho, iters=iters, lr=lr, tol=tol, sphere=False
         )
-    report = _search_report(search, clean)
+    report = search_report(search, clean)
     out: dict[str, Any] = {
         "loss": clean,
         "max_loss": report.pop("loss"),
