@@ -157,6 +157,72 @@ def test_lightning_ddp_spawn_matches_reference(tmp_path):
     torch.testing.assert_close(got, common.reference("xsam", "local", 2), **TOL)
 
 
+# ------------------------------------------------------------------------------ HF Trainer
+@pytest.fixture(scope="module")
+def hf_torchrun(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hf_torchrun")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={common.WORLD}",
+           f"--master_port={_free_port()}", str(DRIVERS / "hf_run.py"), str(out)]  # fmt: skip
+    _launch(cmd, out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accum", [1, 2])
+def test_hf_trainer_plain_run_scale(hf_torchrun, accum):
+    """Measured, not assumed: for a model whose forward takes **kwargs and ignores
+    num_items_in_batch, the plain Trainer's step under 2 processes is processes x accumulation
+    times the global mean-loss step (it multiplies the loss by the process count and, loss
+    kwargs accepted, does not divide by the accumulation steps)."""
+    c = _scale(hf_torchrun, f"plain-a{accum}", accum, 1)
+    assert c == pytest.approx(common.WORLD * accum, rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUN_NAMES)
+def test_hf_trainer_torchrun_matches_reference(hf_torchrun, name):
+    """SAMTrainer under torchrun, with the Trainer's own loss scaling (measured above): equal to
+    the reference of the chosen mode on the loss scaled the same way."""
+    kind, mode, accum = name.split("-")
+    a = int(accum[1:])
+    c = _scale(hf_torchrun, f"plain-a{a}", a, 1)
+    got = _identical(_ranks(hf_torchrun, name))
+    torch.testing.assert_close(got, common.reference(kind, mode, a, scale=c), **TOL)
+
+
+@pytest.mark.slow
+def test_hf_trainer_num_items_model(hf_torchrun):
+    """A model that divides its summed loss by num_items_in_batch: the plain step is the global
+    mean-loss step (scale 1), and local XSAM with accumulation 2 matches its reference."""
+    c = _scale(hf_torchrun, "plain-items-a2", 2, 1)
+    assert c == pytest.approx(1.0, rel=1e-9)
+    got = _identical(_ranks(hf_torchrun, "xsam-local-a2-items"))
+    torch.testing.assert_close(got, common.reference("xsam", "local", 2), **TOL)
+
+
+# ------------------------------------------------------------------------------ Accelerate
+@pytest.fixture(scope="module")
+def accelerate_launched(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("accelerate")
+    cmd = [sys.executable, str(DRIVERS / "accelerate_run.py"), str(out), str(_free_port())]
+    _launch(cmd, out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accum", [1, 2])
+def test_accelerate_plain_run_scale_is_one(accelerate_launched, accum):
+    assert _scale(accelerate_launched, f"plain-a{accum}", accum, 1) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUN_NAMES)
+def test_accelerate_matches_reference(accelerate_launched, name):
+    kind, mode, accum = name.split("-")
+    got = _identical(_ranks(accelerate_launched, name))
+    torch.testing.assert_close(got, common.reference(kind, mode, int(accum[1:])), **TOL)
+
+
 # ------------------------------------------------------------------------------ fast checks
 def test_reference_global_equals_single_process_xsam():
     """The hand-driven reference, global mode, is one process on the concatenated batch: it

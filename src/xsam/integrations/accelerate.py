@@ -17,8 +17,13 @@ at 1::
 Every pass (clean, each ascent point, each XSAM α probe) forwards every micro-batch; the probes
 run under ``torch.no_grad()``; fp16 losses are scaled by ``accelerator.scaler``, which steps the
 base optimizer; ``max_grad_norm`` clips ``d``, the final direction. Under DDP (``model=`` the
-prepared model) gradients are all-reduced once per pass (``no_sync`` on the other micro-batches)
-and XSAM's probe losses are averaged over the processes, so every replica takes the same step.
+prepared model, required with several processes) the optimizer is attached to it
+(:meth:`xsam.SAMFamily.attach`) with ``perturbation``: ``"local"`` (the default; each process
+ascends from its own micro-batches, the clean and ascent passes are not all-reduced, the ranks'
+directions ``d`` are averaged in one all-reduce) or ``"global"`` (every pass all-reduced, once,
+on its last micro-batch: one process on the global batch). XSAM's probe losses are averaged
+over the processes, so every replica takes the same α and step. FSDP2 (``fully_shard`` through
+the Accelerator) works with ``"global"`` only; FSDP1 is refused. See docs/multi-gpu.md.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..distributed import attach_wrapped
 from .core import finish_update, require, sam_optimizer
 
 accelerate = require("accelerate", "accelerate")
@@ -52,6 +58,18 @@ def _check(accelerator: Any) -> None:
         )
 
 
+def _attach(accelerator: Any, opt: Any, model: Any, perturbation: str | None) -> None:
+    """Several processes: the optimizer learns the prepared (wrapped) model."""
+    if accelerator.num_processes == 1:
+        return
+    if model is None:
+        raise ValueError(
+            f"sam_update: {accelerator.num_processes} processes need model= the prepared model, "
+            "so that the optimizer synchronises the passes as the perturbation mode requires"
+        )
+    attach_wrapped(opt, model, perturbation, "sam_update")
+
+
 def sam_update(
     accelerator: Any,
     optimizer: Any,
@@ -60,6 +78,7 @@ def sam_update(
     *,
     model: torch.nn.Module | None = None,
     max_grad_norm: float | None = None,
+    perturbation: str | None = None,
 ) -> Tensor:
     """One whole SAM-family update over ``batches``, the micro-batches of one optimizer step.
 
@@ -67,16 +86,19 @@ def sam_update(
     ``loss_fn(batch)``: forward through the prepared model and the loss, nothing else (it is
     called once per micro-batch and pass, under ``torch.no_grad()`` for α probes); each loss is
     divided by ``len(batches)``. ``model``: the prepared model, to skip the gradient all-reduce
-    of all but the last micro-batch of a pass under DDP. ``max_grad_norm``: clip the global norm
-    of ``d``. Returns the clean loss (the mean over the micro-batches, at the weights before
-    the update), detached; ``optimizer.skipped_updates`` counts updates skipped for non-finite
-    values."""
+    of all but the last micro-batch of a pass under DDP; required with several processes, where
+    the optimizer is attached to it. ``perturbation``: ``"local"`` or ``"global"`` with several
+    processes (``None``: the optimizer's own, ``"local"`` by default; ignored in one process).
+    ``max_grad_norm``: clip the global norm of ``d``. Returns the clean loss (the mean over the
+    micro-batches, at the weights before the update), detached; ``optimizer.skipped_updates``
+    counts updates skipped for non-finite values."""
     opt = sam_optimizer(optimizer, "sam_update")
     _check(accelerator)
     if not batches:
         raise ValueError("sam_update: batches is empty (one optimizer step needs one micro-batch)")
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"sam_update: max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+    _attach(accelerator, opt, model, perturbation)
     n = len(batches)
     clean: list[Tensor] = []
 
@@ -94,10 +116,8 @@ def sam_update(
         total: Tensor | float = 0.0
         for batch in batches:
             total = total + loss_fn(batch) / n
-        total = torch.as_tensor(total).float()
-        if accelerator.num_processes > 1:  # every replica takes the same α
-            total = accelerator.reduce(total, reduction="mean")
-        return total
+        # several processes: the attached optimizer averages the probe losses over them
+        return torch.as_tensor(total)
 
     def clip(base: torch.optim.Optimizer) -> None:
         params = [p for g in base.param_groups for p in g["params"]]

@@ -16,9 +16,16 @@ Everything else comes from the ``TrainingArguments``, unchanged:
   scaled by its GradScaler, which also steps the base optimizer;
 * ``max_grad_norm``: clips ``d``, the final direction (unscaled), just before the base
   optimizer steps. The ``grad_norm`` the Trainer logs is then the norm of the clipped ``d``;
-* several processes (``torchrun``, through Accelerate's DDP): the clean and ascent gradients
-  are all-reduced by DDP as for any gradient, and XSAM's probe losses are averaged over the
-  processes, so every replica takes the same α and the same step;
+* several processes (``torchrun``, through Accelerate's DDP): at the first training step the
+  optimizer is attached to the wrapped model (:meth:`xsam.SAMFamily.attach`) with
+  ``perturbation``: ``"local"`` (the default; each process ascends from its own micro-batches,
+  the clean and ascent passes are not all-reduced, the ranks' directions ``d`` are averaged in
+  one all-reduce) or ``"global"`` (every pass all-reduced on its last micro-batch: one process
+  on the global batch); XSAM's probe losses are averaged over the processes, so every replica
+  takes the same α and step. FSDP2 works with ``"global"`` only; FSDP1 is refused. The loss
+  the gradients come from is the Trainer's own, scaled as it scales it (for a model whose
+  ``forward`` takes ``**kwargs`` the Trainer multiplies it by the number of processes): see
+  docs/multi-gpu.md;
 * the logged ``loss`` is the clean loss (the first pass of every micro-batch).
 
 How: the Trainer's own ``training_step`` runs the clean pass of each micro-batch (forward,
@@ -39,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import optim as _optim
+from ..distributed import attach_wrapped, clean_pass_sync
 from .core import finish_update, require, sam_optimizer
 
 transformers = require("transformers", "transformers")
@@ -97,13 +105,16 @@ class SAMTrainer(transformers.Trainer):
 
     ``sam``: ``None`` (the optimizer passed in ``optimizers=`` must be an ``xsam.SAM`` /
     ``xsam.XSAM``), ``"sam"`` or ``"xsam"`` (wrap the optimizer the arguments configure);
-    ``sam_kwargs``: the wrapper's settings (``rho``, ``alpha``, ``alpha_every``, ...)."""
+    ``sam_kwargs``: the wrapper's settings (``rho``, ``alpha``, ``alpha_every``, ...);
+    ``perturbation``: ``"local"`` or ``"global"`` with several processes (``None``: the
+    optimizer's own, ``"local"`` by default; ignored in one process)."""
 
     def __init__(
         self,
         *args: Any,
         sam: str | None = None,
         sam_kwargs: dict[str, Any] | None = None,
+        perturbation: str | None = None,
         **kwargs: Any,
     ) -> None:
         if sam is not None and sam not in _WRAPPERS:
@@ -112,6 +123,7 @@ class SAMTrainer(transformers.Trainer):
             raise ValueError("SAMTrainer: sam_kwargs needs sam='sam' or sam='xsam'")
         super().__init__(*args, **kwargs)
         self._sam_spec = sam
+        self._sam_perturbation = perturbation
         self._sam_kwargs = dict(sam_kwargs or {})
         self._sam_window: list[tuple[dict[str, Any], Any]] = []
         self._sam_stand_in: _UpdateApplied | None = None
@@ -157,9 +169,13 @@ class SAMTrainer(transformers.Trainer):
         """The clean pass of one micro-batch (the Trainer's own ``training_step``); at the last
         micro-batch of the step, the rest of the update over every micro-batch."""
         sam = self.sam_optimizer
+        if self.accelerator.num_processes > 1:  # the optimizer learns the wrapped model
+            attach_wrapped(sam, model, self._sam_perturbation, "SAMTrainer")
         kept = dict(inputs)  # compute_loss may pop from the dict it is given
         first = not self._sam_window
-        with sam.clean_pass() if first else contextlib.nullcontext():  # BN statistics
+        # the first micro-batch records BN statistics; every one is kept local under DDP with
+        # local perturbation (the Trainer syncs the last micro-batch of a step otherwise)
+        with sam.clean_pass() if first else clean_pass_sync(sam):
             loss = super().training_step(model, dict(kept), num_items_in_batch)
         self._sam_window.append((kept, num_items_in_batch))
         if self.accelerator.sync_gradients:
@@ -172,8 +188,10 @@ class SAMTrainer(transformers.Trainer):
         step = super().training_step
 
         def gradient_pass() -> None:
-            for inputs, items in window:
-                step(model, dict(inputs), items)
+            for i, (inputs, items) in enumerate(window):
+                last = i == len(window) - 1  # no all-reduce before the last micro-batch
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    step(model, dict(inputs), items)
 
         def probe_loss() -> Tensor:
             total: Tensor | float = 0.0
@@ -181,11 +199,8 @@ class SAMTrainer(transformers.Trainer):
                 batch = self._prepare_inputs(dict(inputs))
                 with self.compute_loss_context_manager():
                     total = total + self.compute_loss(model, batch, num_items_in_batch=items)
-            total = torch.as_tensor(total).float()
-            if accelerator.num_processes > 1:  # every replica takes the same α
-                torch.distributed.all_reduce(total)
-                total = total / accelerator.num_processes
-            return total
+            # several processes: the attached optimizer averages the probe losses over them
+            return torch.as_tensor(total)
 
         max_norm = self.args.max_grad_norm
 
