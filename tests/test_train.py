@@ -128,6 +128,7 @@ def test_presets_paper_values_and_overrides():
         for m in ("resnet18", "vgg11bn", "densenet121", "resnet50")
     } | {"tinyimagenet-resnet18", "fmnist-sample-cnn", "fmnist-resnet20"}
     names |= {"fmnist-noise-mlp", "fmnist-sample-noise-mlp", "mnist-noise-mlp", "fmnist-noise-cnn"}
+    names |= {"fmnist-noise-vit"}
     assert names == set(PRESETS)
     mnist = resolve_config("mnist-noise-mlp").validated()
     assert (mnist.dataset, mnist.model, mnist.label_noise, mnist.augment) == (
