@@ -1,6 +1,6 @@
 """Optimizer benchmark: XSAM against SAM, SGD and a per-tensor-loop implementation.
 
-Measures, side by side in one run (DESIGN.md, "The bar"):
+Measures, side by side in one run (the targets: docs/architecture.md, "Design targets"):
 
 1. whole-update time (forward + backward passes included) of SGD, SAM k=1, XSAM k=1 with a
    fixed α = 0.5, XSAM k=1 with ``alpha="auto"`` between searches, and one update that runs
