@@ -129,3 +129,74 @@ def test_every_committed_report_regenerates_from_its_runs(folder):
     """results.json's rows and pairs, results.md's two tables and tune.json's validation
     accuracies, recomputed from the runs (runs.jsonl where the folders are gone)."""
     assert script.check(folder) == []
+
+
+# ---------------------------------------------------------------------- BENCHMARKS.md's tables
+noise_table = _load_script("noise_table")
+
+NOISE = "noise/"
+SAM_FAMILY_40 = {
+    "SGD": "sgd",
+    "SGD, 60 epochs (≈ the SAM family's compute)": "sgd:epochs=60",
+    "SAM, ρ = 0.2": "sam:rho=0.2",
+    "XSAM, ρ = 0.1": "xsam:rho=0.1",
+    "ASAM, ρ = 8": "sam:adaptive=true,rho=8",
+    "XSAM + adaptive, ρ = 4": "xsam:adaptive=true,rho=4",
+}
+MNIST_40 = {
+    "SGD": "sgd",
+    "SAM, ρ = 0.4": "sam:rho=0.4",
+    "XSAM, ρ = 0.3 (validation choice)": "xsam:rho=0.3",
+    "XSAM, ρ = 0.2 (first sweep's choice)": "xsam:rho=0.2",
+    "SGD, 60 epochs (≈ the SAM family's compute)": "sgd:epochs=60",
+}
+NOISE_TABLES = [  # the text before the table, its comparison folders, its rows' variants
+    ("**Accuracy, 5 paired seeds per cell**", ["fmnist_mlp_n40/grid"], SAM_FAMILY_40),
+    ("**60% noise.**", ["fmnist_mlp_n60/grid"], {"SGD": "sgd", "SAM ρ = 0.2": "sam:rho=0.2",
+                                                 "XSAM ρ = 0.2": "xsam:rho=0.2"}),
+    ("**20% noise.**", ["fmnist_mlp_n20/grid"], {"SGD": "sgd", "SAM ρ = 0.1": "sam:rho=0.1",
+                                                 "XSAM ρ = 0.1": "xsam:rho=0.1"}),
+    ("### MNIST, 40% noise", ["mnist_mlp_n40/grid", "mnist_mlp_n40/equal"], MNIST_40),
+    ("### A convolutional model", ["fmnist_cnn_n40/grid"], {"SGD": "sgd", "SAM, ρ = 0.2":
+                                                             "sam:rho=0.2", "XSAM, ρ = 0.1":
+                                                             "xsam:rho=0.1"}),
+]  # fmt: skip
+HEADERS = {
+    "seeds": "seeds",
+    "final test acc (%)": "final",
+    "best-epoch test acc (%) [epoch]": "best [epoch]",
+    "best test acc (%) [epoch]": "best [epoch]",
+    "best test acc (%)": "best",
+    "wrong labels memorised at the end (%)": "memorised",
+    "memorised at the end (%)": "memorised range",
+    "train acc on noisy labels (%)": "noisy",
+    "noisy-label train acc (%)": "noisy range",
+    "wall per run (s)": "wall",
+}
+
+
+def _markdown_table(text: str, marker: str) -> list[list[str]]:
+    """The cells of the first table after ``marker`` (header row first; bold removed)."""
+    lines = text[text.index(marker) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            rows.append([c.strip().replace("**", "") for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.parametrize(
+    "marker, folders, variants", NOISE_TABLES, ids=[t[0] for t in NOISE_TABLES]
+)
+def test_benchmarks_label_noise_tables_regenerate_from_the_runs(marker, folders, variants):
+    """Every number of the label-noise tables in BENCHMARKS.md, recomputed from the runs."""
+    head, *rows = _markdown_table((ROOT / "BENCHMARKS.md").read_text(), marker)
+    cells = noise_table.table_cells([RESULTS / NOISE / f for f in folders])
+    assert [row[0] for row in rows] == list(variants)
+    for row in rows:
+        got = cells[variants[row[0]]]
+        for header, cell in zip(head[1:], row[1:], strict=True):
+            assert got[HEADERS[header]] == cell, (row[0], header)
