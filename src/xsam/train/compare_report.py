@@ -494,44 +494,50 @@ def results_markdown(
 ) -> str:
     """``results.md``: what was compared, the table, the paired differences, the failed runs,
     the command, the machine, the threads, the date and the run folders."""
-    b = base.validated()
-    what = (
-        f"{b.dataset}, {b.model}, {b.epochs} epochs, batch {b.batch_size}, {b.base} lr {b.lr:g}, "
-        f"{b.schedule} schedule, augment {b.augment}"
-        + (f", preset {b.preset}" if b.preset else "")
-        + (f", {b.val_size} training examples held out for validation" if b.val_size else "")
-        + (f", {b.limit_train} training examples" if b.limit_train else "")
-    )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    paired = (
-        "## Paired differences (95% CI, t over seeds)\n\n"
-        f"B {MINUS} A in test accuracy points, seed by seed (the same seed: the same "
-        "initialisation and data order), over the seeds both completed: the mean and a 95% "
-        "confidence interval from Student's t with n − 1 degrees of freedom. A variant is "
-        "*better* only when the interval excludes 0.\n\n"
-        f"{format_pairs(pairs)}\n\n"
-        if pairs
-        else ""
-    )
-    failures = (
-        "## Failed runs\n\n"
-        + "".join(f"- {f['label']} seed {f['seed']} ({f['dir']}): {f['error']}\n" for f in failed)
-        + "\n"
-        if failed
-        else ""
-    )
     return (
         "# Optimizer comparison\n\n"
-        f"{what}; mean ± sample std over seeds {', '.join(map(str, seeds))}.\n\n"
+        f"{_setting(base)}; mean ± sample std over seeds {', '.join(map(str, seeds))}.\n\n"
         f"{table}\n\n"
-        f"{paired}"
-        f"{failures}"
+        f"{_pairs_section(pairs)}"
+        f"{_failures_section(failed)}"
         f"- command: `{' '.join(['xsam', *sys.argv[1:]])}`\n"
         f"- machine: {platform.node()}, {_machine()}\n"
         f"{_threads_line(runs)}"
         f"- date: {when}\n"
         f"- runs: {', '.join(Path(r['dir']).name for r in runs)}\n"
     )
+
+
+def _setting(base: TrainConfig) -> str:
+    b = base.validated()
+    return (
+        f"{b.dataset}, {b.model}, {b.epochs} epochs, batch {b.batch_size}, {b.base} lr {b.lr:g}, "
+        f"{b.schedule} schedule, augment {b.augment}"
+        + (f", preset {b.preset}" if b.preset else "")
+        + (f", {b.val_size} training examples held out for validation" if b.val_size else "")
+        + (f", {b.limit_train} training examples" if b.limit_train else "")
+    )
+
+
+def _pairs_section(pairs: Sequence[PairResult]) -> str:
+    if not pairs:
+        return ""
+    return (
+        "## Paired differences (95% CI, t over seeds)\n\n"
+        f"B {MINUS} A in test accuracy points, seed by seed (the same seed: the same "
+        "initialisation and data order), over the seeds both completed: the mean and a 95% "
+        "confidence interval from Student's t with n − 1 degrees of freedom. A variant is "
+        "*better* only when the interval excludes 0.\n\n"
+        f"{format_pairs(pairs)}\n\n"
+    )
+
+
+def _failures_section(failed: Sequence[FailedRun]) -> str:
+    if not failed:
+        return ""
+    lines = "".join(f"- {f['label']} seed {f['seed']} ({f['dir']}): {f['error']}\n" for f in failed)
+    return f"## Failed runs\n\n{lines}\n"
 
 
 # ---------------------------------------------------------------------- plots
@@ -549,6 +555,13 @@ def _series(runs: Sequence[RunRecord], label: str, key: str, scale: float = 1.0)
     return epochs, [s[0] for s in stats], [s[1] for s in stats]
 
 
+PLOTS = (
+    ("test_acc", 100.0, "test accuracy (%)", PLOT_ACC),
+    ("alpha", 1.0, "α in use at the end of the epoch", PLOT_ALPHA),
+)
+"""The plots of a comparison: the metric, its scale, the y label and the file."""
+
+
 def plot_runs(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
     """``test_acc.png`` (test accuracy per epoch, mean and ±1 std band per variant) and, when a
     run logged α, ``alpha.png`` (α per epoch). Returns the files written (none without
@@ -557,43 +570,44 @@ def plot_runs(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
         from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
     except ImportError:
         return []
-    out_dir = Path(out_dir)
-    labels = list(dict.fromkeys(r["label"] for r in runs))
     written = []
-    for key, scale, ylabel, name in (
-        ("test_acc", 100.0, "test accuracy (%)", PLOT_ACC),
-        ("alpha", 1.0, "α in use at the end of the epoch", PLOT_ALPHA),
-    ):
+    for key, scale, ylabel, name in PLOTS:
         fig = Figure(figsize=(6.4, 4.0), layout="constrained")
         ax = fig.add_subplot()
-        drawn = False
-        for label in labels:
-            s = _series(runs, label, key, scale)
-            if s is None or all(math.isnan(v) for v in s[1]):
-                continue
-            epochs, mean, std = s
-            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
-            if any(v > 0 for v in std):
-                lo = [m - d for m, d in zip(mean, std)]
-                hi = [m + d for m, d in zip(mean, std)]
-                ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-            drawn = True
-        if not drawn:
+        if not _draw_curves(ax, runs, key, scale):
             continue
-        seeds = sorted({r["seed"] for r in runs})
-        title = (
-            f"seed {seeds[0]}"
-            if len(seeds) == 1
-            else f"mean ± std over seeds {', '.join(map(str, seeds))}"
-        )
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_seeds_title(runs), fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        path = out_dir / name
+        path = Path(out_dir) / name
         tmp = path.with_name(f".{path.name}.tmp.png")
         fig.savefig(tmp, dpi=120)
         tmp.replace(path)
         written.append(path)
     return written
+
+
+def _draw_curves(ax: Any, runs: Sequence[RunRecord], key: str, scale: float) -> bool:
+    """One mean curve (and ±1 std band) per variant; whether any was drawn."""
+    drawn = False
+    for label in dict.fromkeys(r["label"] for r in runs):
+        s = _series(runs, label, key, scale)
+        if s is None or all(math.isnan(v) for v in s[1]):
+            continue
+        epochs, mean, std = s
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+        if any(v > 0 for v in std):
+            lo = [m - d for m, d in zip(mean, std)]
+            hi = [m + d for m, d in zip(mean, std)]
+            ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn = True
+    return drawn
+
+
+def _seeds_title(runs: Sequence[RunRecord]) -> str:
+    seeds = sorted({r["seed"] for r in runs})
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"mean ± std over seeds {', '.join(map(str, seeds))}"

@@ -15,6 +15,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing import connection as mp_connection
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -131,46 +132,71 @@ def _train_parallel(
     queue = list(todo)
     failed: list[FailedRun] = []
     ctx = multiprocessing.get_context("spawn")
-    running: dict[Any, tuple[str, PlannedRun, Any, Any]] = {}  # sentinel -> run, process, pipe
-
-    def fail(head: str, run: PlannedRun, error: str) -> None:
-        say(f"{head}: FAILED: {error}")
-        failed.append({"label": run.variant.label, "seed": run.seed, "dir": str(run.out),
-                       "error": error})  # fmt: skip
-
+    running: dict[Any, _Worker] = {}  # by the process's sentinel
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                head, run, what = queue.pop(0)
-                config = run.config
-                if config.threads is None:
-                    config = config.replace(threads=threads)
-                threads_s = f"{config.threads} thread" + ("s" if config.threads != 1 else "")
-                say(f"{head}: {what} ({threads_s}) -> {run.out}")
-                receiver, sender = ctx.Pipe(duplex=False)
-                process = ctx.Process(
-                    target=_train_worker, args=(sender, config, force), name=f"xsam {head}"
-                )
-                process.start()
-                sender.close()  # the child's end: EOF here once the child is gone
-                running[process.sentinel] = (head, run, process, receiver)
+                worker = _start_worker(ctx, *queue.pop(0), threads=threads, force=force, say=say)
+                running[worker.process.sentinel] = worker
             for sentinel in mp_connection.wait(list(running)):
-                head, run, process, receiver = running.pop(sentinel)
-                process.join()
-                outcome = receiver.recv() if receiver.poll() else None
-                receiver.close()
-                if outcome is None:
-                    fail(head, run, f"the worker process ended with exit code {process.exitcode}")
-                elif outcome.get("error"):
-                    fail(head, run, outcome["error"])
+                worker = running.pop(sentinel)
+                outcome = _outcome(worker)
+                if outcome.get("error"):
+                    say(f"{worker.head}: FAILED: {outcome['error']}")
+                    run = worker.run
+                    failed.append({"label": run.variant.label, "seed": run.seed,
+                                   "dir": str(run.out), "error": outcome["error"]})  # fmt: skip
                 else:
                     done = outcome["epochs_done"]
-                    say(f"{head}: done ({done} epoch{'s' if done != 1 else ''}, "
+                    say(f"{worker.head}: done ({done} epoch{'s' if done != 1 else ''}, "
                         f"{outcome['wall_s']:.1f} s)")  # fmt: skip
     except BaseException:  # an interrupt: stop the workers too
-        _stop([process for _, _, process, _ in running.values()])
+        _stop([worker.process for worker in running.values()])
         raise
     return failed
+
+
+@dataclass
+class _Worker:
+    """A run training in its own process, and the pipe its outcome comes back through."""
+
+    head: str
+    run: PlannedRun
+    process: Any
+    receiver: Any
+
+
+def _start_worker(
+    ctx: Any,
+    head: str,
+    run: PlannedRun,
+    what: str,
+    *,
+    threads: int,
+    force: bool,
+    say: Callable[[str], None],
+) -> _Worker:
+    """Start ``run`` in a new process (``threads`` CPU threads where its config sets none)."""
+    config = run.config
+    if config.threads is None:
+        config = config.replace(threads=threads)
+    threads_s = f"{config.threads} thread" + ("s" if config.threads != 1 else "")
+    say(f"{head}: {what} ({threads_s}) -> {run.out}")
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_train_worker, args=(sender, config, force), name=f"xsam {head}")
+    process.start()
+    sender.close()  # the child's end: EOF here once the child is gone
+    return _Worker(head, run, process, receiver)
+
+
+def _outcome(worker: _Worker) -> _Outcome:
+    """What an ended worker sent; an error naming its exit code when it sent nothing."""
+    worker.process.join()
+    outcome = worker.receiver.recv() if worker.receiver.poll() else None
+    worker.receiver.close()
+    if outcome is None:
+        return {"error": f"the worker process ended with exit code {worker.process.exitcode}"}
+    return outcome
 
 
 def _stop(processes: Sequence[Any]) -> None:
