@@ -88,3 +88,28 @@ def test_example_ddp_torchrun_two_processes():
     out = run([*torchrun, str(EXAMPLES / "ddp_torchrun.py"), "--smoke"])
     finite_loss(out)
     assert value(out, "replica_max_abs_diff") == 0.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_example_lightning_ddp_two_processes():
+    """Lightning's own launcher starts the second process (strategy="ddp", 2 CPU devices)."""
+    out = example("lightning_ddp.py", "--devices", "2")
+    finite_loss(out)
+    assert "2 processes, perturbation=local" in out
+    assert value(out, "replica_max_abs_diff") == 0.0
+
+
+def test_example_hf_trainer_ddp_torchrun_two_processes():
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                f"--master_port={_free_port()}"]  # fmt: skip
+    out = run([*torchrun, str(EXAMPLES / "hf_trainer_ddp.py"), "--smoke"])
+    finite_loss(out)
+    assert "2 processes, perturbation=local" in out
+    assert value(out, "replica_max_abs_diff") == 0.0
