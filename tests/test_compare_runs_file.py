@@ -200,3 +200,18 @@ def test_benchmarks_label_noise_tables_regenerate_from_the_runs(marker, folders,
         got = cells[variants[row[0]]]
         for header, cell in zip(head[1:], row[1:], strict=True):
             assert got[HEADERS[header]] == cell, (row[0], header)
+
+
+def test_benchmarks_schedule_table_regenerates_from_the_runs():
+    """tradeoff.md / tradeoff.json (the table BENCHMARKS.md shows), recomputed from the six
+    grids' runs.jsonl and the pooled cost measurements."""
+    tradeoff = _load_script("schedule_tradeoff")
+    folder = RESULTS / "schedules" / "fmnist_mlp_n40"
+    prices = json.loads((folder / "cost.json").read_text())["updates"]
+    done = tradeoff._by_label(cmp.load_runs(folder))
+    full = "xsam:rho=0.1"
+    rows = [tradeoff.variant_row(lb, r, done["sgd"], done[full], prices) for lb, r in done.items()]
+    table = tradeoff.render(rows, "sgd", full)
+    assert table + "\n" == (folder / "tradeoff.md").read_text()
+    assert json.dumps(rows, indent=2) + "\n" == (folder / "tradeoff.json").read_text()
+    assert table in (ROOT / "BENCHMARKS.md").read_text()
