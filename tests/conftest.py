@@ -1,5 +1,10 @@
-"""Hypothesis profiles: ``default`` keeps ``make test`` fast and deterministic;
-``pytest --hypothesis-profile=long`` runs thousands of examples per property."""
+"""Hypothesis profiles: ``default`` (300 examples per property, derandomized: the same
+examples on every run; a few seconds per property on one core) keeps ``make test`` fast and
+deterministic; ``long`` (5,000 examples per property; ``pytest --hypothesis-profile=long``
+or ``HYPOTHESIS_PROFILE=long``) is what ``make test-slow`` runs the property tests with.
+
+Tests that take more than a few seconds are marked ``slow`` (``make test-slow``); a test moved
+there keeps a fast test of the same contract in ``make test``."""
 
 from __future__ import annotations
 

@@ -431,6 +431,7 @@ def test_perturbation_argument_validation():
         xsam.XSAM(m.parameters(), torch.optim.SGD, lr=0.1, perturbation="local")
 
 
+@pytest.mark.slow  # a torchrun launch (~10 s); the DDP contract itself: the two-process scenarios
 def test_torchrun_cli_trains_and_resumes_on_two_processes(tmp_path):
     """`torchrun --nproc_per_node=2 -m xsam train`: rank 0 writes the run folder, the data is
     sharded per rank, and --resume continues on both ranks."""

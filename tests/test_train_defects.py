@@ -25,6 +25,15 @@ def tiny(**kw) -> TrainConfig:
     return TrainConfig(**{**TINY, **kw})
 
 
+# On a CPU, float16 convolutions run a slow reference kernel (the backward of small_cnn's takes
+# ~0.2 s per image), so the fp16 cases whose contract does not involve the model use an MLP.
+FP16_MLP = dict(model="mlp", width=64, depth=1)
+
+
+def amp_model(amp: str) -> dict:
+    return FP16_MLP if amp == "fp16" else {}
+
+
 def all_finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
@@ -44,7 +53,7 @@ def test_diverging_amp_run_skips_updates_and_keeps_weights_finite(tmp_path, opti
     skipped, and nothing non-finite reaches the weights or the optimizer state (bf16 used to
     hand a disabled GradScaler to descent_step, whose step() applied the NaN gradient)."""
     out = tmp_path / "run"
-    result = train(tiny(optimizer=optimizer, amp=amp, lr=1e12, out=str(out)))
+    result = train(tiny(optimizer=optimizer, amp=amp, lr=1e12, out=str(out), **amp_model(amp)))
     assert result["metrics"][-1]["skipped_updates"] > 0
     assert all_finite(result["model"].parameters())
     ckpt = load_checkpoint(out / "last.pt")
@@ -62,7 +71,7 @@ def test_amp_update_hands_descent_step_only_an_enabled_scaler(monkeypatch, amp):
         return real(self, loss_fn, scaler)
 
     monkeypatch.setattr(xsam.SAM, "descent_step", spy)
-    train(tiny(optimizer="sam", amp=amp))
+    train(tiny(optimizer="sam", amp=amp, **amp_model(amp)))
     assert len(seen) == 4
     if amp == "bf16":
         assert all(s is None for s in seen)
@@ -104,8 +113,10 @@ def test_a_pass_that_raises_mid_update_leaves_weights_and_statistics(monkeypatch
         return built[-1]
 
     monkeypatch.setattr(state_mod, "build_model", exploding)
+    # BatchNorm statistics are the point: small_cnn, with batches of 4 under fp16 (see FP16_MLP)
+    small = dict(limit_train=16, limit_test=8, batch_size=4) if amp == "fp16" else {}
     with pytest.raises(RuntimeError, match="boom in the ascent pass"):
-        train(tiny(optimizer="sam", amp=amp))
+        train(tiny(optimizer="sam", amp=amp, **small))
     [net] = built
     assert net.before is not None and any(k.endswith("running_mean") for k in net.before)
     after = net.inner.state_dict()

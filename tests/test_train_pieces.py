@@ -131,7 +131,13 @@ def test_make_loaders_shards_the_global_batch():
 
 # ---------------------------------------------------------------------- the run state
 @pytest.mark.parametrize(
-    "kw", [dict(optimizer="xsam"), dict(optimizer="sgd", amp="fp16"), dict(optimizer="sam")]
+    "kw",
+    [
+        dict(optimizer="xsam"),
+        # an MLP: float16 convolutions are slow on a CPU (seconds per batch)
+        dict(optimizer="sgd", amp="fp16", model="mlp", width=64, depth=1),
+        dict(optimizer="sam"),
+    ],
 )
 def test_run_state_round_trips_through_checkpoint(kw):
     cfg = config(**kw)
