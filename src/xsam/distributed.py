@@ -20,6 +20,11 @@ Three set-ups are recognised from the ``model=`` given to the optimizer:
   exists. Norms and the v₀/v₁ angle are sums over shards, completed with one all-reduce of a
   few scalars; the vector work runs on the local shards.
 
+A framework that wraps the model after the optimizer is built (Lightning, the Hugging Face
+Trainer, Accelerate) hands the wrapper over with ``opt.attach(wrapper, perturbation)``; the
+integrations do it themselves (:func:`attach_wrapped`), and keep a clean pass's micro-batches
+local with :func:`clean_pass_sync`. docs/multi-gpu.md says what each mode all-reduces.
+
 In every set-up the α probes' losses are averaged over ranks before the arg-max, and the
 "every pass was finite" flag is agreed (a non-finite pass on one rank skips the update on all),
 so replicas never drift apart.
