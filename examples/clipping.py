@@ -1,11 +1,13 @@
-"""Gradient clipping with a SAM-family optimizer: clip in the closure.
+"""Gradient clipping with a SAM-family optimizer: clip the direction the update applies.
 
-The ascent steps are normalised, so clipping by global norm cannot change them; in the last pass
-it clips g_k, hence d, the direction the base optimizer steps along (‖d‖ = ‖g_k‖ for XSAM, d =
-g_k for SAM). The example checks that the norm of every applied d is at most --max-norm.
-(Per-tensor or value clipping changes directions: with XSAM it is not the same as clipping d.)
+xsam.clip_direction_norm(opt, max_norm) clips d, the direction the base optimizer steps
+along, just before it steps: on full updates and on a schedule's cheap steps, after the reuse
+term is added (clipping inside the closure would clip a gradient the reuse term then changes,
+and not bound the step), unscaled under a GradScaler, and not on a skipped update. The example
+trains XSAM with a full update every other step and LookSAM's reuse on the others, and checks
+that the norm of every applied d is at most --max-norm.
 
-    python examples/clipping.py [--smoke] [--max-norm 0.5]
+    python examples/clipping.py [--smoke] [--max-norm 0.5] [--every 2] [--reuse 0.7]
 """
 
 import argparse
@@ -30,6 +32,8 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run (CI)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-norm", type=float, default=0.5)
+    parser.add_argument("--every", type=int, default=2, help="a full update every N steps")
+    parser.add_argument("--reuse", type=float, default=0.7, help="LookSAM's lambda")
     args = parser.parse_args()
     epochs = 1 if args.smoke else args.epochs
 
@@ -37,9 +41,11 @@ def main():
     x, y = make_data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 3))
+    schedule = xsam.PerturbationSchedule(every=args.every, reuse=args.reuse)
     opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.15, alpha="auto",
-                    alpha_every=len(loader), lr=0.05, momentum=0.9)  # fmt: skip
-    d_norms = []  # the norm of d as the base optimizer sees it, recorded by a step pre-hook
+                    alpha_every=len(loader), lr=0.05, momentum=0.9, schedule=schedule)  # fmt: skip
+    xsam.clip_direction_norm(opt, args.max_norm)
+    d_norms = []  # the norm of d as the base optimizer steps with it (a later step pre-hook)
     opt.base_optimizer.register_step_pre_hook(
         lambda base, a, k: d_norms.append(
             float(
@@ -56,7 +62,6 @@ def main():
                 loss = F.cross_entropy(model(xb), yb)
                 if torch.is_grad_enabled():
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_norm)
                 return loss
 
             total += float(opt.step(closure))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         XSAM,
         PerturbationSchedule,
         SAMFamily,
+        clip_direction_norm,
         slerp_coefficients,
     )
     from .policies import frozen_norm_stats
@@ -31,6 +32,7 @@ __all__ = [
     "PerturbationSchedule",
     "DEFAULT_ALPHA_GRID",
     "slerp_coefficients",
+    "clip_direction_norm",
     "frozen_norm_stats",
     "__version__",
 ]
@@ -42,6 +44,7 @@ _WHERE = {
     "PerturbationSchedule": "optim",
     "DEFAULT_ALPHA_GRID": "optim",
     "slerp_coefficients": "optim",
+    "clip_direction_norm": "optim",
     "frozen_norm_stats": "policies",
 }
 """Where each public name is defined (the submodule of this package)."""

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import attach_wrapped
-from .core import finish_update, require, sam_optimizer
+from .core import finish_update, norm_clip, require, sam_optimizer
 
 accelerate = require("accelerate", "accelerate")
 
@@ -119,10 +119,6 @@ def sam_update(
         # several processes: the attached optimizer averages the probe losses over them
         return torch.as_tensor(total)
 
-    def clip(base: torch.optim.Optimizer) -> None:
-        params = [p for g in base.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-
     opt.zero_grad(set_to_none=True)
     try:
         with opt.clean_pass():
@@ -131,9 +127,8 @@ def sam_update(
         opt.abort_update()
         raise
     scaler = accelerator.scaler
-    finish_update(
-        opt, gradient_pass, probe_loss, scaler=scaler, clip=clip if max_grad_norm else None
-    )
+    clip = norm_clip(max_grad_norm)  # the public xsam.clip_direction_norm's
+    finish_update(opt, gradient_pass, probe_loss, scaler=scaler, clip=clip)
     if scaler is not None and scaler.is_enabled():
         scaler.update()
     return torch.stack(clean).sum()

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from ..optim import SAMFamily
+from ..optim.clip import DirectionNormClip
 
-__all__ = ["clip_direction", "finish_update", "require", "sam_optimizer"]
+__all__ = ["clip_direction", "finish_update", "norm_clip", "require", "sam_optimizer"]
 
-Clip = Callable[[torch.optim.Optimizer], None]
+Clip = Callable[[torch.optim.Optimizer], Any]  # what it returns is discarded
 
 
 def require(module: str, extra: str) -> Any:
@@ -59,15 +60,29 @@ def sam_optimizer(optimizer: Any, where: str) -> SAMFamily:
 def clip_direction(opt: SAMFamily, clip: Clip | None) -> Iterator[None]:
     """Inside: ``clip(base_optimizer)`` runs just before the base optimizer steps, i.e. on the
     final direction ``d`` (unscaled when a GradScaler steps it), exactly as clipping acts on the
-    gradient of a plain optimizer. Not run when the update is skipped."""
+    gradient of a plain optimizer. Not run when the update is skipped. What ``clip`` returns
+    (a norm, say) is discarded: torch refuses a step pre-hook that returns a value."""
     if clip is None:
         yield
         return
-    handle = opt.base_optimizer.register_step_pre_hook(lambda base, args, kwargs: clip(base))
+
+    def hook(base: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        clip(base)
+
+    handle = opt.base_optimizer.register_step_pre_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+def norm_clip(max_norm: float | None) -> Clip | None:
+    """The ``clip`` of :func:`finish_update` that clips the global 2-norm of ``d`` to
+    ``max_norm``, as :func:`xsam.clip_direction_norm` does; ``None`` (no clipping) when
+    ``max_norm`` is ``None`` or 0 (the frameworks' "off")."""
+    if not max_norm:
+        return None
+    return DirectionNormClip(max_norm).clip
 
 
 def enabled(scaler: torch.amp.GradScaler | None) -> torch.amp.GradScaler | None:

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from .. import optim as _optim
 from ..distributed import attach_wrapped, clean_pass_sync
-from .core import finish_update, require, sam_optimizer
+from .core import finish_update, norm_clip, require, sam_optimizer
 
 transformers = require("transformers", "transformers")
 
@@ -202,16 +202,9 @@ class SAMTrainer(transformers.Trainer):
             # several processes: the attached optimizer averages the probe losses over them
             return torch.as_tensor(total)
 
-        max_norm = self.args.max_grad_norm
-
-        def clip(base: torch.optim.Optimizer) -> None:
-            params = [p for g in base.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-
         scaler = accelerator.scaler
-        ok = finish_update(
-            sam, gradient_pass, probe_loss, scaler=scaler, clip=clip if max_norm else None
-        )
+        clip = norm_clip(self.args.max_grad_norm)  # the public xsam.clip_direction_norm's
+        ok = finish_update(sam, gradient_pass, probe_loss, scaler=scaler, clip=clip)
         if ok and scaler is not None and scaler.is_enabled():
             # the Trainer unscales .grad once more before clipping and logging its norm: hand
             # it d in the scaled units it expects (its step() is the stand-in's, a no-op)

@@ -1,6 +1,7 @@
 """SAM-family optimizers on one shared core."""
 
 from ._core import SAMFamily
+from .clip import DirectionNormClip, clip_direction_norm
 from .sam import SAM
 from .schedule import PerturbationSchedule
 from .xsam import DEFAULT_ALPHA_GRID, XSAM, slerp_coefficients
@@ -12,4 +13,6 @@ __all__ = [
     "PerturbationSchedule",
     "DEFAULT_ALPHA_GRID",
     "slerp_coefficients",
+    "clip_direction_norm",
+    "DirectionNormClip",
 ]
