@@ -1,8 +1,11 @@
 """Committed comparison results: one ``runs.jsonl`` per grid instead of a folder per run.
 
-    python benchmarks/consolidate_results.py runs/noise/grid           # write runs.jsonl, check
-    python benchmarks/consolidate_results.py --prune runs/noise/grid   # ... and drop the run folders
+    python benchmarks/consolidate_results.py runs/noise/grid        # write runs.jsonl, check it
+    python benchmarks/consolidate_results.py --prune benchmarks/results/noise/fmnist_mlp_n40/grid
     python benchmarks/consolidate_results.py --check benchmarks/results
+
+(``--prune`` on the committed copy of a folder: a rerun of the comparison resumes from the run
+folders it deletes.)
 
 A comparison folder (``xsam compare`` / ``xsam tune``) holds a folder per run with its
 ``config.json``, ``run.json`` and ``metrics.jsonl``. This writes them into one file per
