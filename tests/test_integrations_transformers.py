@@ -217,8 +217,9 @@ def _ddp_worker(out: str) -> None:
         ddp_backend="gloo", learning_rate=0.5, optim="sgd", max_grad_norm=0.0,
     )  # fmt: skip
     trainer = Sequential(
-        model=model, args=args, train_dataset=dataset(), optimizers=(make_opt("xsam", model), None)
-    )
+        model=model, args=args, train_dataset=dataset(), optimizers=(make_opt("xsam", model), None),
+        perturbation="global",  # "local" is the default under DDP (tests/test_frameworks_ddp.py)
+    )  # fmt: skip
     trainer.train()
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     rank = dist.get_rank()
@@ -233,9 +234,10 @@ def _ddp_worker(out: str) -> None:
 
 @pytest.mark.slow
 def test_trainer_ddp_two_processes_equals_one_process_on_the_global_batch(tmp_path):
-    """Under DDP every backward is all-reduced (the mean of the per-rank gradients) and the α
-    probes' losses are averaged over the ranks, so the update equals one process on the
-    concatenated batch (rank r takes micro-batches r, r + 2, ...), and the replicas agree."""
+    """Global perturbation under DDP: every backward is all-reduced (the mean of the per-rank
+    gradients) and the α probes' losses are averaged over the ranks, so the update equals one
+    process on the concatenated batch (rank r takes micro-batches r, r + 2, ...), and the
+    replicas agree."""
     import os
     import subprocess
 
