@@ -389,3 +389,45 @@ def reference_sam_update(
         eps=eps,
         bn_modules=bn_modules,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# perturbation schedules with LookSAM's reuse (docs/schedules.md)
+# --------------------------------------------------------------------------------------------
+REUSE_NOISE = 16.0  # a remainder below this many ε·‖d‖ is rounding noise: no vector
+
+
+def reference_reuse_vector(
+    d: torch.Tensor, g0: torch.Tensor, *, parallel: bool, eps: float = 1e-12
+) -> torch.Tensor | None:
+    """LookSAM's reused vector after a full update, from the flat direction ``d`` and clean
+    gradient ``g0``: the unit vector of ``r = d − (⟨d,g₀⟩/‖g₀‖²)·g₀``, or None (no vector) when
+    ``d`` is g₀'s direction in exact arithmetic (``parallel``) or ‖r‖ ≤ 16·ε_dtype·‖d‖."""
+    if parallel:
+        return None
+    sq = torch.dot(g0, g0)
+    r = d - (torch.dot(d, g0) / sq) * g0 if float(sq) > 0 else d.clone()
+    if float(_norm(r)) <= REUSE_NOISE * torch.finfo(d.dtype).eps * float(_norm(d)):
+        return None
+    return r / (_norm(r) + eps)
+
+
+def reference_cheap_step(
+    params: Sequence[torch.Tensor],
+    loss_fn: Callable[[], torch.Tensor],
+    base_step: Callable[[], None],
+    v: torch.Tensor | None,
+    lam: float,
+) -> torch.Tensor:
+    """A cheap step of the schedule: one gradient pass (the only one: it may update BN
+    statistics), then the base step with ``g + λ·‖g‖·v`` (``g`` alone without a vector).
+    Returns g, flat."""
+    with torch.enable_grad():
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, list(params))
+    g = _flat(grads)
+    direction = g if v is None else g + lam * _norm(g) * v
+    for p, piece in zip(params, _pieces(direction, params)):
+        p.grad = piece.clone()
+    base_step()
+    return g

@@ -19,6 +19,7 @@ The default profile runs a few hundred examples (see conftest.py); ``pytest
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 import warnings
@@ -27,14 +28,19 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import event, given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import xsam
 
 sys.path.insert(0, os.path.dirname(__file__))
-from reference import reference_update  # noqa: E402
+from reference import (  # noqa: E402
+    _gradient_pass,
+    reference_cheap_step,
+    reference_reuse_vector,
+    reference_update,
+)
 
 DTYPES = {
     "f64": (torch.float64, torch.float64),
@@ -317,3 +323,220 @@ def test_property_examples_include_every_injection_site(path):
             warnings.simplefilter("ignore")
             run_update(case, model, opt, *batch(case))
         assert model.fired and opt.skipped_updates == 1
+
+
+# ------------------------------------------------------------------ schedules with reuse
+@dataclass
+class Run:
+    cls: str
+    steps: int
+    alpha: float | None  # None: searched over grid
+    grid: tuple[float, ...]
+    adaptive: bool
+    rhos: tuple[float, ...]  # one per group (1 or 2 groups)
+    dtype: str  # "f64" | "f32" | "bf16" | "f16"
+    bn: bool
+    every: int
+    reuse: float
+    gscale: float  # the loss is multiplied by this (large: float16 overflow territory)
+    bad_step: int | None  # the step whose batch holds a NaN
+    path: str  # "closure" | "none" | "disabled" | "enabled"
+    seed: int
+
+
+@st.composite
+def runs(draw) -> Run:
+    cls = draw(st.sampled_from(["SAM", "XSAM"]))
+    searched = cls == "XSAM" and draw(st.booleans())
+    alpha = None if searched else (1.0 if cls == "SAM" else draw(st.sampled_from([0.0, 0.5, 1.0])))
+    grid = tuple(sorted(set(draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5]), min_size=1,
+                                          max_size=3)))))  # fmt: skip
+    n_groups = draw(st.integers(1, 2))
+    dtype = draw(st.sampled_from(["f64", "f16", "f64", "f32", "bf16"]))
+    path = draw(st.sampled_from(["closure", "none", "disabled", "enabled"]))
+    if path == "enabled" and dtype == "f16":
+        path = "disabled"  # GradScaler refuses to unscale float16 gradients
+    return Run(
+        cls=cls,
+        steps=draw(st.integers(1, 3)),
+        alpha=alpha,
+        grid=grid,
+        adaptive=draw(st.booleans()),
+        rhos=tuple(
+            draw(st.lists(st.sampled_from([0.0, 0.1, 0.3]), min_size=n_groups, max_size=n_groups))
+        ),  # fmt: skip
+        dtype=dtype,
+        bn=draw(st.booleans()),
+        every=draw(st.integers(2, 3)),
+        reuse=draw(st.sampled_from([0.3, 0.7, 2.0])),
+        gscale=draw(st.sampled_from([1.0, 3e4, 1.0, 1e3])),
+        bad_step=draw(st.none() | st.integers(0, 3)),
+        path=path,
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+N_STEPS = 4
+
+
+class Small(nn.Module):
+    def __init__(self, run: Run):
+        super().__init__()
+        torch.manual_seed(run.seed)
+        dt = DTYPES[run.dtype][0]
+        self.a = nn.Linear(4, 6).to(dt)
+        self.bn = nn.BatchNorm1d(6).to(dt) if run.bn else None
+        self.b = nn.Linear(6, 3).to(dt)
+
+    def groups(self, n: int) -> list[list[nn.Parameter]]:
+        first = list(self.a.parameters()) + (list(self.bn.parameters()) if self.bn else [])
+        return [first + list(self.b.parameters())] if n == 1 else [first, list(self.b.parameters())]
+
+    def forward(self, x):
+        h = self.a(x.to(self.a.weight.dtype))
+        if self.bn is not None:
+            h = self.bn(h)
+        return self.b(torch.tanh(h))
+
+
+def run_batch(run: Run, i: int):
+    g = torch.Generator().manual_seed(run.seed + 10 + i)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    if run.bad_step == i:
+        x[0, 0] = float("nan")
+    return x, torch.randint(0, 3, (8,), generator=g)
+
+
+def run_loss(run: Run, model: Small, x, y) -> torch.Tensor:
+    out = model(x)
+    wide = torch.float64 if out.dtype == torch.float64 else torch.float32
+    return run.gscale * F.cross_entropy(out.to(wide), y)
+
+
+def build_run(run: Run, model: Small) -> xsam.SAMFamily:
+    groups = [{"params": ps, "rho": r} for ps, r in zip(model.groups(len(run.rhos)), run.rhos)]
+    kw: dict = dict(steps=run.steps, adaptive=run.adaptive, model=model, lr=0.01, momentum=0.9,
+                    schedule=xsam.PerturbationSchedule(every=run.every, reuse=run.reuse))  # fmt: skip
+    if run.cls == "XSAM" and run.alpha is None:
+        kw.update(alpha="auto", alpha_grid=run.grid, alpha_every=1)
+    elif run.cls == "XSAM":
+        kw.update(alpha=run.alpha)
+    return getattr(xsam, run.cls)(groups, torch.optim.SGD, **kw)
+
+
+def one_step(run: Run, path: str, model: Small, opt: xsam.SAMFamily, x, y) -> None:
+    def closure():
+        loss = run_loss(run, model, x, y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    if path == "closure":
+        opt.step(closure)
+        return
+    scaler = None
+    if path != "none":
+        scaler = torch.amp.GradScaler("cpu", enabled=path == "enabled", init_scale=2.0**4)
+    scale = scaler.scale if path == "enabled" else (lambda t: t)
+    full = opt.perturb_due
+    opt.zero_grad()
+    with opt.clean_pass():
+        scale(run_loss(run, model, x, y)).backward()
+    if full:
+        for _ in range(run.steps):
+            opt.ascent_step()
+            with opt.perturbed_pass():
+                scale(run_loss(run, model, x, y)).backward()
+    opt.descent_step(loss_fn=lambda: run_loss(run, model, x, y), scaler=scaler)
+    if path == "enabled":
+        scaler.update()
+
+
+def snapshot(model: Small, opt: xsam.SAMFamily) -> list[torch.Tensor]:
+    out = [t.detach().clone() for t in model.state_dict().values()]
+    for p in model.parameters():
+        st_ = opt.base_optimizer.state.get(p, {})
+        out += [v.clone() for v in st_.values() if isinstance(v, torch.Tensor)]
+    return out
+
+
+def train_run(run: Run, path: str):
+    model = Small(run)
+    opt = build_run(run, model)
+    for i in range(N_STEPS):
+        before, skipped = snapshot(model, opt), opt.skipped_updates
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            one_step(run, path, model, opt, *run_batch(run, i))
+        after = snapshot(model, opt)
+        # 1. nothing non-finite in the weights, the statistics or the optimizer state
+        assert all(bool(torch.isfinite(t).all()) for t in after)
+        # 2. a skipped step (full or cheap) changes nothing
+        if opt.skipped_updates > skipped:
+            assert len(before) == len(after) and all(map(torch.equal, before, after))
+    return model, opt
+
+
+def reference_run(run: Run) -> list[torch.Tensor]:
+    """The float64 run by the independent reference: full updates by reference_update, cheap
+    steps by the reuse rule, both with the vector rule of docs/schedules.md."""
+    twin = Small(run)
+    groups = twin.groups(len(run.rhos))
+    params = [p for g in groups for p in g]
+    base = torch.optim.SGD([{"params": g} for g in groups], lr=0.01, momentum=0.9)
+    bn = [twin.bn] if twin.bn is not None else []
+    alpha = 1.0 if run.cls == "SAM" else run.alpha
+    v = None
+    for i in range(N_STEPS):
+        x, y = run_batch(run, i)
+        loss_fn = lambda x=x, y=y: run_loss(run, twin, x, y)  # noqa: E731
+        if i % run.every:
+            reference_cheap_step(params, loss_fn, base.step, v, run.reuse)
+            continue
+        g0 = _gradient_pass(loss_fn, params, bn)  # g₀ (statistics left as they were)
+        ref = reference_update(groups, loss_fn, base.step, rho=list(run.rhos), steps=run.steps,
+                               alpha=alpha, alpha_grid=run.grid, adaptive=run.adaptive,
+                               bn_modules=bn)  # fmt: skip
+        d = torch.cat([t.reshape(-1) for t in ref["d"]])
+        one_rho = len(set(run.rhos)) == 1
+        parallel = max(run.rhos) == 0.0 or (
+            run.cls == "XSAM" and not (run.alpha == 1.0) and run.steps == 1 and one_rho
+            and (ref["alpha"] == 0.0 or math.sin(ref["psi"]) < 1e-8)
+        )  # fmt: skip
+        v = reference_reuse_vector(d, g0, parallel=parallel)
+    return [t.detach() for t in twin.state_dict().values()]
+
+
+@settings(max_examples=max(50, settings().max_examples // 4))
+@given(runs())
+def test_schedules_with_reuse_keep_every_promise(run: Run):
+    """Schedules with LookSAM's reuse (k = 1..3, adaptive, float16 parameters with gradients up
+    to 3e4·O(1), α* = 0 fixed or searched, ρ = 0, per-group ρ, a NaN batch, every path):
+    1-2 above on every step; 3. float64 runs follow the independent reference; 4. the closure
+    and the lower-level path agree bit for bit; 5. state_dict round-trips exactly."""
+    model, opt = train_run(run, run.path)
+    assert opt.step_index == N_STEPS
+    event(f"{opt.cheap_updates} cheap, {opt.skipped_updates} skipped")
+    reuse_valid = opt.state_dict()["sam_family"]["reuse_valid"]
+    event("vector kept" if reuse_valid else "no vector")
+    event(f"{run.dtype}, k={run.steps}, adaptive={run.adaptive}")
+    if run.dtype == "f16":
+        event(f"f16, loss x {run.gscale:g}, {opt.cheap_updates} cheap")
+    if run.cls == "XSAM" and opt.updates > opt.cheap_updates:
+        event(f"XSAM, {'searched' if run.alpha is None else 'fixed'} alpha={opt.alpha:g}")
+    if run.path in ("closure", "none"):  # 4.
+        other, other_opt = train_run(run, "none" if run.path == "closure" else "closure")
+        for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+        assert same(opt.state_dict(), other_opt.state_dict())
+    if run.dtype == "f64" and run.bad_step is None:  # 3.
+        event("compared with the reference")
+        ref = reference_run(run)
+        # (large gradients take large steps, and rounding differences grow with them)
+        tol = dict(rtol=1e-9, atol=1e-10) if run.gscale == 1.0 else dict(rtol=1e-7, atol=1e-8)
+        for r, m in zip(ref, model.state_dict().values(), strict=True):
+            torch.testing.assert_close(m, r, **tol)
+    sd = opt.state_dict()  # 5.
+    fresh = build_run(run, Small(run))
+    fresh.load_state_dict(copy.deepcopy(sd))
+    assert same(fresh.state_dict(), sd)
