@@ -296,6 +296,28 @@ def test_fsdp1_wrapper_refused(tmp_path):
         dist.destroy_process_group()
 
 
+def test_attach_fsdp2_is_global_only(tmp_path):
+    """A model sharded by FSDP2 (fully_shard; one gloo process, file:// rendezvous): attach()
+    resolves global perturbation, and refuses local with the reason."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0,
+                            world_size=1)  # fmt: skip
+    model = opt = None
+    try:
+        model = common.net()
+        fully_shard(model)
+        opt = common.make_opt("xsam", model.parameters())
+        opt.attach(model)
+        assert opt.perturbation == "global" and opt.model is model
+        with pytest.raises(ValueError, match="local.*not possible with FSDP"):
+            opt.attach(model, "local")
+    finally:
+        del model, opt
+        dist.destroy_process_group()
+
+
 def test_lightning_refuses_non_ddp_strategies_with_several_processes():
     """Lightning's FSDP strategy (FSDP1, GPU only in Lightning) and any strategy whose model is
     not DDP-wrapped: refused at the start of fit with what to use instead."""
