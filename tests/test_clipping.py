@@ -201,3 +201,18 @@ def test_bad_clip_settings_are_refused_by_name(kwargs, error, match):
 def test_something_that_is_not_an_optimizer_is_refused():
     with pytest.raises(TypeError, match="clip_direction_norm: optimizer must be"):
         xsam.clip_direction_norm(net(), 1.0)
+
+
+def test_a_float16_direction_longer_than_65504_is_clipped_not_zeroed():
+    """torch.nn.utils.clip_grad_norm_ takes a float16 gradient's norm in float16: inf above
+    65504, and the 'clipped' gradient is zero. The norm is taken in float32 here."""
+    p = nn.Parameter(torch.zeros(100_000, dtype=torch.float16))
+    base = torch.optim.SGD([p], lr=1.0)
+    handle = xsam.clip_direction_norm(base, 1.0)
+    p.grad = torch.full((100_000,), 300.0, dtype=torch.float16)
+    base.step()
+    norm = 300.0 * 100_000**0.5
+    assert float(handle.clip.last_norm) == pytest.approx(norm, rel=1e-4)  # a float32 sum
+    assert float(torch.linalg.vector_norm(p.grad.float())) == pytest.approx(1.0, rel=1e-3)
+    assert torch.equal(p.grad, torch.full_like(p.grad, p.grad[0])) and float(p.grad[0]) > 0
+    assert torch.equal(p.detach(), -p.grad)

@@ -37,8 +37,11 @@ class DirectionNormClip:
 
     def clip(self, base: Optimizer) -> Tensor:
         """Clip the gradients of ``base``'s parameters now; returns their norm before."""
-        grads = [p for g in base.param_groups for p in g["params"] if p.grad is not None]
-        self.last_norm = torch.nn.utils.clip_grad_norm_(grads, self.max_norm, self.norm_type)
+        params = [p for g in base.param_groups for p in g["params"] if p.grad is not None]
+        if any(p.grad.dtype == torch.float16 for p in params):
+            self.last_norm = _clip_half(params, self.max_norm, self.norm_type)
+        else:
+            self.last_norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
         return self.last_norm
 
     def __call__(self, base: Optimizer, args: Any, kwargs: Any) -> None:
@@ -46,6 +49,19 @@ class DirectionNormClip:
 
     def __repr__(self) -> str:
         return f"DirectionNormClip(max_norm={self.max_norm:g}, norm_type={self.norm_type:g})"
+
+
+def _clip_half(params: list[Tensor], max_norm: float, norm_type: float) -> Tensor:
+    """``clip_grad_norm_``'s rule with the norm taken in float32: torch takes a float16
+    gradient's norm in float16, where any norm above 65504 is inf and the clipped gradient
+    becomes zero (a silent zero step)."""
+    grads = [p.grad for p in params]
+    wide = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    norms = torch._foreach_norm(grads, norm_type, dtype=wide)
+    total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), norm_type)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef)  # products formed in float32, rounded once
+    return total
 
 
 def clip_direction_norm(
