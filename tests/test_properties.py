@@ -12,6 +12,11 @@ Properties checked on every example:
 3. a completed float64 update matches the independent plain implementation (tests/reference.py);
 4. ``state_dict`` round-trips exactly into a fresh optimizer.
 
+A second property test (``test_schedules_with_reuse_keep_every_promise``) runs four steps of a
+perturbation schedule with LookSAM's reuse (k = 1..3, adaptive, float16 parameters with large
+gradients, α* = 0, ρ = 0) and checks 1, 2 and 4 on every step, a float64 run against the
+reference's full and cheap steps, and the closure and lower-level paths bit for bit.
+
 The default profile runs a few hundred examples (see conftest.py); ``pytest
 --hypothesis-profile=long tests/test_properties.py`` runs thousands.
 """

@@ -536,7 +536,10 @@ class SAMFamily(Optimizer):
         The update is then finished for this optimizer's bookkeeping, as :meth:`descent_step`
         would: counters, the α search schedule and the perturbation schedule move on, and a
         skipped update puts the normalisation statistics back. Step the base optimizer yourself
-        (only when this returned ``True``), e.g. after clipping ``d``."""
+        (only when this returned ``True``), e.g. after clipping ``d``; under a GradScaler
+        ``.grad`` holds the scaled ``d``: ``scaler.unscale_(opt.base_optimizer)`` first, then
+        clip, then ``scaler.step(opt.base_optimizer)``. (:func:`xsam.clip_direction_norm` with
+        :meth:`descent_step` does all of this.)"""
         ok = self._descent_direction(loss_fn)
         self._finish(ok)
         return ok
@@ -648,9 +651,7 @@ class SAMFamily(Optimizer):
     def _v0_along_g0(self) -> bool:
         """Whether the ascent displacement θ_k − θ₀ is g₀'s direction in exact arithmetic
         (one ascent step, one ρ for every group, the rank's own g₀ the one reused)."""
-        return (
-            self.steps == 1 and self._group_uniform("rho") and not self._dist.averages_direction
-        )
+        return self.steps == 1 and self._group_uniform("rho") and not self._dist.averages_direction
 
     def _drop_reuse(self) -> bool:
         """Keep no reuse vector (cheap steps then use the clean gradient alone)."""
