@@ -335,3 +335,56 @@ def test_lightning_refuses_non_ddp_strategies_with_several_processes():
     module._trainer = types.SimpleNamespace(strategy=strategy, world_size=2)
     with pytest.raises(RuntimeError, match="FSDPStrategy strategy is not supported.*ddp"):
         module.on_fit_start()
+
+
+def test_perturbation_settings_checked_in_one_process_too(tmp_path):
+    """Each integration's perturbation setting is checked even where it is unused (one
+    process); SAMTrainer takes it from sam_kwargs too (the optimizer is built before the model
+    is wrapped, so it cannot take it itself), and refuses two that disagree."""
+    import types
+
+    pytest.importorskip("transformers")
+    import transformers
+
+    sys.path.insert(0, str(DRIVERS))
+    from lightning_run import Sharp
+
+    from xsam.integrations.transformers import SAMTrainer
+
+    module = Sharp("x", "/nonexistent", 1, "xsam", "ring")
+    module._trainer = types.SimpleNamespace(world_size=1)
+    with pytest.raises(ValueError, match="sam_perturbation: perturbation must be.*'ring'"):
+        module.on_fit_start()
+
+    from hf_run import Classifier
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(ValueError, match="SAMTrainer: perturbation must be"):
+        SAMTrainer(model=Classifier(), args=args, sam="xsam", perturbation="ring")
+    with pytest.raises(ValueError, match="disagree"):
+        SAMTrainer(model=Classifier(), args=args, sam="xsam", perturbation="local",
+                   sam_kwargs={"perturbation": "global"})  # fmt: skip
+    trainer = SAMTrainer(model=Classifier(), args=args, sam="xsam",
+                         sam_kwargs={"rho": 0.1, "perturbation": "global"})  # fmt: skip
+    trainer.create_optimizer()  # builds XSAM on the unwrapped model: no perturbation there
+    assert trainer._sam_perturbation == "global" and trainer.sam_optimizer.perturbation == "global"
+
+
+def test_sam_update_checks_perturbation():
+    accelerate = pytest.importorskip("accelerate")
+    from xsam.integrations.accelerate import sam_update
+
+    model = common.net()
+    acc = accelerate.Accelerator(cpu=True)
+    opt = acc.prepare(common.make_opt("sam", model.parameters()))
+    with pytest.raises(ValueError, match="sam_update: perturbation must be"):
+        sam_update(acc, opt, [common.micro_batches(0, 1)[0]], lambda b: model(b[0]).sum(),
+                   perturbation="both")  # fmt: skip
+
+
+def test_constructor_names_the_integrations_settings():
+    """perturbation= at construction needs the DDP module; the message says where a framework
+    user sets the mode instead."""
+    model = common.net()
+    with pytest.raises(ValueError, match="DistributedDataParallel.*SAMTrainer\\(perturbation=\\)"):
+        xsam.XSAM(model.parameters(), torch.optim.SGD, lr=0.1, model=model, perturbation="global")

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 __all__ = [
     "Distribution",
     "attach_wrapped",
+    "check_perturbation",
     "clean_pass_sync",
     "local_tensor",
     "resolve_distribution",
@@ -203,9 +204,19 @@ def resolve_distribution(
     if perturbation is not None:
         raise ValueError(
             f"perturbation={perturbation!r} needs model= a DistributedDataParallel module (or "
-            "FSDP-sharded parameters); without one there is nothing to perturb locally or globally"
+            "FSDP-sharded parameters); without one there is nothing to perturb locally or "
+            "globally. A framework that wraps the model later takes the mode itself: "
+            "SAMModule.sam_perturbation, SAMTrainer(perturbation=), sam_update(perturbation=), "
+            "or opt.attach(wrapped_model, perturbation)"
         )
     return Distribution("none", "global", model)
+
+
+def check_perturbation(value: Any, where: str) -> None:
+    """An integration's perturbation setting: ``None``, ``"local"`` or ``"global"``, checked in
+    one process too (where it is otherwise unused)."""
+    if value is not None and value not in PERTURBATIONS:
+        raise ValueError(f"{where}: perturbation must be None, 'local' or 'global', got {value!r}")
 
 
 def clean_pass_sync(opt: Any) -> contextlib.AbstractContextManager[None]:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..distributed import attach_wrapped
+from ..distributed import attach_wrapped, check_perturbation
 from .core import finish_update, norm_clip, require, sam_optimizer
 
 accelerate = require("accelerate", "accelerate")
@@ -60,6 +60,7 @@ def _check(accelerator: Any) -> None:
 
 def _attach(accelerator: Any, opt: Any, model: Any, perturbation: str | None) -> None:
     """Several processes: the optimizer learns the prepared (wrapped) model."""
+    check_perturbation(perturbation, "sam_update")
     if accelerator.num_processes == 1:
         return
     if model is None:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..distributed import attach_wrapped, clean_pass_sync
+from ..distributed import attach_wrapped, check_perturbation, clean_pass_sync
 from .core import finish_update, require, sam_optimizer
 
 pl = require("lightning.pytorch", "lightning")
@@ -80,6 +80,7 @@ class SAMModule(pl.LightningModule):
                 f"{type(self).__name__}: SAMModule runs the update from optimizer_step and needs "
                 "automatic optimization; do not set automatic_optimization = False"
             )
+        check_perturbation(self.sam_perturbation, f"{type(self).__name__}.sam_perturbation")
         if self.trainer.world_size > 1:
             self._sam_attach()
         self._sam_window = []

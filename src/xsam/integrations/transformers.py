@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import optim as _optim
-from ..distributed import attach_wrapped, clean_pass_sync
+from ..distributed import attach_wrapped, check_perturbation, clean_pass_sync
 from .core import finish_update, norm_clip, require, sam_optimizer
 
 transformers = require("transformers", "transformers")
@@ -123,8 +123,16 @@ class SAMTrainer(transformers.Trainer):
             raise ValueError("SAMTrainer: sam_kwargs needs sam='sam' or sam='xsam'")
         super().__init__(*args, **kwargs)
         self._sam_spec = sam
-        self._sam_perturbation = perturbation
         self._sam_kwargs = dict(sam_kwargs or {})
+        # the model is wrapped (DDP) after the optimizer is built: the mode waits for attach()
+        asked = self._sam_kwargs.pop("perturbation", None)
+        if asked is not None and perturbation is not None and asked != perturbation:
+            raise ValueError(
+                f"SAMTrainer: perturbation={perturbation!r} and sam_kwargs perturbation="
+                f"{asked!r} disagree; give it once"
+            )
+        self._sam_perturbation = perturbation if perturbation is not None else asked
+        check_perturbation(self._sam_perturbation, "SAMTrainer")
         self._sam_window: list[tuple[dict[str, Any], Any]] = []
         self._sam_stand_in: _UpdateApplied | None = None
 
