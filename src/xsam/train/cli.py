@@ -15,20 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import (
-    AMP_MODES,
-    BASE_OPTIMIZERS,
     FIELD_NAMES,
-    OPTIMIZERS,
+    FLAG_HELP,
     PRESET_NOTES,
     PRESETS,
-    SCHEDULES,
     ConfigError,
     TrainConfig,
     apply_overrides,
     resolve_config,
     unused_fields,
 )
-from .names import DATASET_NAMES, DEMO_DIR, DEMO_EPOCHS, DEMO_OPTIMIZERS, DEMO_PRESET, MODEL_NAMES
+from .names import DEMO_DIR, DEMO_EPOCHS, DEMO_OPTIMIZERS, DEMO_PRESET
 
 if TYPE_CHECKING:
     from .demo import demo_plan
@@ -56,57 +53,6 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-_HELP: dict[str, tuple[str, str]] = {
-    "dataset": ("NAME", f"data set: {', '.join(DATASET_NAMES)}"),
-    "data_dir": ("DIR", "folder holding the data set's files (default: $XSAM_DATA, system dirs)"),
-    "limit_train": ("N", "train on N examples only (a fixed class-balanced subset)"),
-    "limit_test": ("N", "evaluate on N test examples only (a fixed class-balanced subset)"),
-    "val_size": ("N", "hold out N training examples as a validation set (val acc each epoch)"),
-    "augment": ("SPEC", "none, paper (= crop4+flip+cutout16@0.5) or e.g. crop2+flip"),
-    "label_noise": ("P", "fraction of training and validation labels flipped (never test)"),
-    "noise_type": ("KIND", "label noise: symmetric (other classes uniformly) or pair (c → c+1)"),
-    "noise_seed": ("S", "seed of the label noise (the same for every method and run seed)"),
-    "model": ("NAME", f"model: {', '.join(MODEL_NAMES)}"),
-    "width": ("W", "[mlp, plain_cnn, vit] hidden width (default 1024 / 512 / 96)"),
-    "depth": ("D", "[mlp, vit] hidden layers / blocks (default 2 / 4)"),
-    "optimizer": ("NAME", f"{', '.join(OPTIMIZERS)} (sgd = the base optimizer alone)"),
-    "rho": ("R", "[sam, xsam] ascent radius ρ"),
-    "steps": ("K", "[sam, xsam] ascent steps k"),
-    "adaptive": (None, "[sam, xsam] ASAM's adaptive perturbation"),
-    "eta": ("E", "[sam, xsam] η of the adaptive perturbation"),
-    "alpha": ("A", "[xsam] α: auto (searched) or a number (1 = SAM)"),
-    "rho_max": ("R", "[xsam] radius of the α search probes (default 2·ρ)"),
-    "alpha_grid": ("GRID", "[xsam] α values searched: start:stop:step or a,b,c (default 0:2:0.1)"),
-    "alpha_every": ("N", "[xsam] search α every N updates, or 'epoch' (default: each epoch start)"),
-    "perturbation": (
-        "MODE",
-        "[sam, xsam] under torchrun: local (per-rank ascent, default), global",
-    ),
-    "perturb_every": ("N", "[sam, xsam] a full update every N-th step, cheap steps between"),
-    "perturb_start": ("F", "[sam, xsam] cheap steps for the first fraction F of the run"),
-    "perturb_prob": ("P", "[sam, xsam] each scheduled step is full with probability P"),
-    "perturb_reuse": ("L", "[sam, xsam] LookSAM reuse λ on cheap steps (0 = plain steps)"),
-    "base": ("NAME", f"base optimizer: {', '.join(BASE_OPTIMIZERS)}"),
-    "lr": ("LR", "peak learning rate"),
-    "momentum": ("M", "[base sgd] momentum"),
-    "weight_decay": ("WD", "weight decay (SGD: coupled, AdamW: decoupled)"),
-    "nesterov": (None, "[base sgd] Nesterov momentum"),
-    "weight_decay_on": ("WHICH", "all parameters, or matrices (no decay on biases, norms, tokens)"),
-    "epochs": ("N", "epochs"),
-    "batch_size": ("B", "batch size"),
-    "schedule": ("NAME", f"learning-rate schedule per update: {', '.join(SCHEDULES)}"),
-    "warmup_epochs": ("E", "linear warm-up length in epochs (may be fractional)"),
-    "label_smoothing": ("S", "label smoothing of the training loss"),
-    "seed": ("S", "seed of model init, data order and augmentation"),
-    "device": ("DEV", "auto (CUDA when present), cpu, cuda or cuda:N"),
-    "threads": ("N", "CPU threads for torch (default: torch's choice)"),
-    "amp": ("MODE", f"mixed precision: {', '.join(AMP_MODES)} (fp16 uses a GradScaler)"),
-    "eval_batch_size": ("B", "batch size of the evaluation"),
-    "keep_checkpoints": (None, "also keep checkpoints/epochNNN.pt (weights) for `xsam probe`"),
-    "checkpoint_every": ("N", "also save last.pt every N updates (--resume continues mid-epoch)"),
-}
-
-
 _SCOPE_NOTE = (
     "A setting marked [sam, xsam], [xsam], [base sgd] or with model names is used only by "
     "those optimizers or models; with another one it is accepted and ignored (its type is "
@@ -121,9 +67,9 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> N
     g.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                    help="start from a JSON config (e.g. a run's config.json)")  # fmt: skip
     for name in FIELD_NAMES:
-        if name in skip or name not in _HELP:
+        if name in skip or name not in FLAG_HELP:  # the help lines are the fields' metadata
             continue
-        metavar, text = _HELP[name]
+        metavar, text = FLAG_HELP[name]
         flag = "--" + name.replace("_", "-")
         if metavar is None:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

@@ -74,103 +74,226 @@ class ConfigError(ValueError):
     """A configuration or a run folder that cannot be used; the message says why (one line)."""
 
 
+def _setting(default: Any, metavar: str | None, help: str, *, flag: bool = True) -> Any:
+    """A :class:`TrainConfig` field whose ``metadata`` holds its ``--help`` line (``help``),
+    the flag's ``metavar`` (``None``: an on/off switch) and whether the run-settings flags of
+    ``xsam train`` / ``compare`` / ``tune`` offer it (``flag``)."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "flag": flag})
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run.
 
     The defaults are the ``fmnist-sample-cnn`` preset: a small CNN on the Fashion-MNIST sample
     embedded in the package, with the paper's optimizer hyperparameters (docs/algorithm.md §5).
+    Each field's docstring says what it means, its unit, what ``None`` means where allowed and
+    which optimizers or models use it; its ``metadata["help"]`` is its line in ``xsam train
+    --help``. A field is set on the command line as ``--name-with-dashes`` or in ``key=value``
+    form (:func:`parse_field`).
 
-    Data:
-        dataset: one of :data:`xsam.data.DATASETS`. data_dir: where its files are (default:
-        ``$XSAM_DATA``, then the system locations). limit_train / limit_test: use only the first
-        N examples of a class-balanced random subset (fixed, independent of ``seed``), for tiny
-        runs. val_size: hold out N training examples (a fixed class-balanced subset, the same
-        for every seed) as a validation set: never trained on, evaluated after every epoch
-        (``val_loss``, ``val_acc``), for choosing hyper-parameters without the test set; taken
-        before limit_train applies. augment: ``"none"``, ``"paper"`` (= ``crop4+flip+cutout16@0.5``) or ``+``-joined
-        parts ``cropP`` (random crop with P pixels of zero padding), ``flip``, ``cutoutS`` or
-        ``cutoutS@p`` (S×S Cutout applied with probability p). label_noise: the fraction of
-        training and validation labels replaced by a wrong class (never the test labels),
-        noise_type ``symmetric`` (uniform over the other classes) or ``pair`` (class c → c+1),
-        noise_seed: the noise's own seed (:func:`xsam.data.noisy_labels`), independent of
-        ``seed`` so every method and every run seed sees the same noisy labels.
-    Model: model: one of :data:`xsam.models.MODEL_NAMES`; width (``mlp``, ``plain_cnn``) and
-        depth (``mlp``): the model's size (``None``: its default).
-    Optimizer:
-        optimizer: ``sgd`` (the base optimizer alone), ``sam`` or ``xsam``. rho, steps (k),
-        adaptive, eta: the SAM-family ascent. alpha (``"auto"`` or a number), rho_max (``None``:
-        2·rho), alpha_grid (``None``: 0..2 step 0.1), alpha_every (``None``: search at the
-        first update of every epoch, as the paper; an int: every that many updates): XSAM's α.
-        perturb_every, perturb_start (a fraction of the run's updates), perturb_prob,
-        perturb_reuse: the perturbation schedule (:class:`xsam.PerturbationSchedule`: full
-        updates every n-th step, from a point of the run, with a probability; LookSAM's reuse
-        on the cheap steps between; the draws seeded by ``seed``). The defaults make every
-        update full.
-        base: ``sgd`` or ``adamw``, with lr, momentum (SGD only), weight_decay, nesterov.
-        weight_decay_on: ``all`` (every parameter) or ``matrices`` (parameters of two or more
-        dimensions only, less those the model's ``no_weight_decay()`` names, e.g. a ViT's
-        class token and position embedding: biases and norm weights are not decayed; see
-        :func:`xsam.models.vit.decay_groups`).
-        A setting the optimizer does not use (:func:`unused_fields`: the SAM family's with
-        ``sgd``, XSAM's with ``sam``, momentum and nesterov with ``adamw``) is accepted and
-        ignored; only its type is checked.
-    Schedule: epochs, batch_size, schedule (``cosine`` to 0 or ``constant``, per update),
-        warmup_epochs (linear warm-up, may be fractional), label_smoothing.
-    Run: seed, device (``auto`` picks CUDA when present), threads (CPU threads; ``None``: torch's
-        default), amp (``off``, ``bf16``, ``fp16``: autocast, fp16 with a GradScaler),
-        eval_batch_size, out (the run folder; ``None``: write nothing), preset (the preset the
-        config came from, recorded for the reader), keep_checkpoints (also keep the weights of
-        every epoch), checkpoint_every (also save ``last.pt`` every that many updates, so that
-        a run killed mid-epoch resumes from there, bit for bit; ``None``: at epoch ends only).
+    A setting the optimizer or model does not use (:func:`unused_fields`: the SAM family's with
+    ``sgd``, XSAM's with ``sam``, momentum and nesterov with ``adamw``, width and depth with
+    models that have none) is accepted and ignored; :meth:`validated` checks only its type.
     """
 
-    dataset: str = "fashion-mnist-sample"
-    data_dir: str | None = None
-    limit_train: int | None = None
-    limit_test: int | None = None
-    val_size: int | None = None
-    augment: str = "crop2+flip"
-    label_noise: float = 0.0
-    noise_type: str = "symmetric"
-    noise_seed: int = 0
-    model: str = "small_cnn"
-    width: int | None = None
-    depth: int | None = None
-    optimizer: str = "xsam"
-    rho: float = 0.15
-    steps: int = 1
-    adaptive: bool = False
-    eta: float = 0.01
-    alpha: float | str = "auto"
-    rho_max: float | None = None
-    alpha_grid: list[float] | None = None
-    alpha_every: int | None = None
-    perturbation: str = "local"
-    perturb_every: int = 1
-    perturb_start: float = 0.0
-    perturb_prob: float = 1.0
-    perturb_reuse: float = 0.0
-    base: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    nesterov: bool = False
-    weight_decay_on: str = "all"
-    epochs: int = 10
-    batch_size: int = 125
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    amp: str = "off"
-    eval_batch_size: int = 1000
-    keep_checkpoints: bool = False
-    checkpoint_every: int | None = None
-    out: str | None = None
-    preset: str | None = field(default=None)
+    # ------------------------------------------------------------------ data
+    dataset: str = _setting("fashion-mnist-sample", "NAME", f"data set: {', '.join(DATASETS)}")
+    """The data set, one of :data:`xsam.data.DATASETS` (spellings like ``cifar-10``, ``fmnist``
+    or ``tinyimagenet`` are accepted). Default: the 10k/2k Fashion-MNIST sample shipped in the
+    package, which needs no download."""
+    data_dir: str | None = _setting(
+        None, "DIR", "folder holding the data set's files (default: $XSAM_DATA, system dirs)"
+    )
+    """The folder holding the data set's files; ``None``: ``$XSAM_DATA``, then the system
+    locations. Not read for the embedded sample."""
+    limit_train: int | None = _setting(
+        None, "N", "train on N examples only (a fixed class-balanced subset)"
+    )
+    """Train on N examples only: the first N of a class-balanced random subset that is fixed
+    (independent of ``seed``), for tiny runs; applied after ``val_size`` is held out. ``None``:
+    every training example."""
+    limit_test: int | None = _setting(
+        None, "N", "evaluate on N test examples only (a fixed class-balanced subset)"
+    )
+    """Evaluate on N test examples only (a fixed class-balanced subset, as ``limit_train``);
+    ``None``: the whole test set."""
+    val_size: int | None = _setting(
+        None, "N", "hold out N training examples as a validation set (val acc each epoch)"
+    )
+    """Hold out N training examples (a fixed class-balanced subset, the same for every seed) as
+    a validation set: never trained on, evaluated after every epoch (``val_loss``,
+    ``val_acc``), for choosing hyper-parameters without the test set; taken before
+    ``limit_train`` applies. ``None``: no validation set."""
+    augment: str = _setting(
+        "crop2+flip", "SPEC", "none, paper (= crop4+flip+cutout16@0.5) or e.g. crop2+flip"
+    )
+    """Training augmentation, applied per batch: ``"none"``, ``"paper"`` (=
+    ``crop4+flip+cutout16@0.5``) or ``+``-joined parts ``cropP`` (random crop after P pixels
+    of zero padding), ``flip`` (horizontal, with probability 1/2), ``cutoutS`` or
+    ``cutoutS@p`` (an S×S Cutout applied with probability p, default 1); read by
+    :func:`parse_augment`."""
+    label_noise: float = _setting(
+        0.0, "P", "fraction of training and validation labels flipped (never test)"
+    )
+    """The fraction in [0, 1) of training and validation labels replaced by a wrong class
+    (never the test labels); 0: clean labels."""
+    noise_type: str = _setting(
+        "symmetric", "KIND", "label noise: symmetric (other classes uniformly) or pair (c → c+1)"
+    )
+    """How a noisy label is drawn: ``symmetric`` (uniformly among the other classes) or
+    ``pair`` (class c becomes c + 1)."""
+    noise_seed: int = _setting(
+        0, "S", "seed of the label noise (the same for every method and run seed)"
+    )
+    """The label noise's own seed (:func:`xsam.data.noisy_labels`), >= 0, independent of
+    ``seed``, so that every method and every run seed sees the same noisy labels."""
+
+    # ------------------------------------------------------------------ model
+    model: str = _setting("small_cnn", "NAME", f"model: {', '.join(MODEL_NAMES)}")
+    """The model, one of :data:`xsam.models.MODEL_NAMES`."""
+    width: int | None = _setting(
+        None, "W", "[mlp, plain_cnn, vit] hidden width (default 1024 / 512 / 96)"
+    )
+    """The hidden width of ``mlp``, ``plain_cnn`` and ``vit`` (``None``: 1024, 512, 96); other
+    models ignore it."""
+    depth: int | None = _setting(None, "D", "[mlp, vit] hidden layers / blocks (default 2 / 4)")
+    """The hidden layers of ``mlp`` or transformer blocks of ``vit`` (``None``: 2, 4); other
+    models ignore it."""
+
+    # ------------------------------------------------------------------ optimizer
+    optimizer: str = _setting(
+        "xsam", "NAME", f"{', '.join(OPTIMIZERS)} (sgd = the base optimizer alone)"
+    )
+    """``sgd`` (the base optimizer alone), ``sam`` ((k-step, optionally adaptive) SAM) or
+    ``xsam``."""
+    rho: float = _setting(0.15, "R", "[sam, xsam] ascent radius ρ")
+    """ρ >= 0, the total length of the ascent path (Euclidean, in parameter units; in ASAM's
+    rescaled coordinates with ``adaptive``). ``sam`` and ``xsam``; 0.15 is the paper's."""
+    steps: int = _setting(1, "K", "[sam, xsam] ascent steps k")
+    """k >= 1, the number of ascent steps (gradient passes before the one the descent uses).
+    ``sam`` and ``xsam``."""
+    adaptive: bool = _setting(False, None, "[sam, xsam] ASAM's adaptive perturbation")
+    """Measure the ascent in ASAM's rescaled coordinates θ/(|θ| + η). ``sam`` and ``xsam``."""
+    eta: float = _setting(0.01, "E", "[sam, xsam] η of the adaptive perturbation")
+    """η >= 0 of the adaptive scaling |θ| + η (``xsam`` with ``adaptive`` needs η > 0). ``sam``
+    and ``xsam``; without ``adaptive`` it is not used."""
+    alpha: float | str = _setting("auto", "A", "[xsam] α: auto (searched) or a number (1 = SAM)")
+    """XSAM's α: ``"auto"`` (chosen by a search over ``alpha_grid`` at radius ``rho_max``) or a
+    fixed finite number (1: k-step SAM). ``xsam`` only."""
+    rho_max: float | None = _setting(
+        None, "R", "[xsam] radius of the α search probes (default 2·ρ)"
+    )
+    """The radius at which the α search probes the loss, > 0 when ρ > 0; ``None``: 2·``rho``,
+    resolved by :meth:`validated` so that ``config.json`` shows the value used. ``xsam``
+    only."""
+    alpha_grid: list[float] | None = _setting(
+        None, "GRID", "[xsam] α values searched: start:stop:step or a,b,c (default 0:2:0.1)"
+    )
+    """The α values searched, sorted without repeats: a list, ``"a,b,c"`` or
+    ``"start:stop:step"`` (stop included); ``None``: :data:`PAPER_ALPHA_GRID` (0 to 2 in steps
+    of 0.1). ``xsam`` with ``alpha="auto"`` only (:meth:`validated` sets it to ``None`` for a
+    fixed α)."""
+    alpha_every: int | None = _setting(
+        None, "N", "[xsam] search α every N updates, or 'epoch' (default: each epoch start)"
+    )
+    """Search α every N >= 1 updates; ``None`` (``"epoch"`` on the command line): at the first
+    update of every epoch, as the paper. ``xsam`` with ``alpha="auto"`` only."""
+    perturbation: str = _setting(
+        "local", "MODE", "[sam, xsam] under torchrun: local (per-rank ascent, default), global"
+    )
+    """Under torchrun (several processes): ``local`` (each process ascends from its own
+    batch's gradient) or ``global`` (from the gradient of the global batch); one process: no
+    difference. ``sam`` and ``xsam``."""
+    perturb_every: int = _setting(
+        1, "N", "[sam, xsam] a full update every N-th step, cheap steps between"
+    )
+    """The perturbation schedule (:class:`xsam.PerturbationSchedule`): a full update every
+    N-th step (N >= 1), cheap steps between; 1: every update is full. ``sam`` and ``xsam``."""
+    perturb_start: float = _setting(
+        0.0, "F", "[sam, xsam] cheap steps for the first fraction F of the run"
+    )
+    """The fraction in [0, 1] of the run's updates done as cheap steps before the schedule's
+    full updates begin; 0: from the first update. ``sam`` and ``xsam``."""
+    perturb_prob: float = _setting(
+        1.0, "P", "[sam, xsam] each scheduled step is full with probability P"
+    )
+    """The probability in [0, 1] that a step the schedule makes full is full (the draws seeded
+    by ``seed``); 1: always. ``sam`` and ``xsam``."""
+    perturb_reuse: float = _setting(
+        0.0, "L", "[sam, xsam] LookSAM reuse λ on cheap steps (0 = plain steps)"
+    )
+    """LookSAM's reuse weight λ >= 0 on the cheap steps (the last full update's sharpness
+    direction added to the gradient); 0: plain base-optimizer steps. ``sam`` and ``xsam``."""
+    base: str = _setting("sgd", "NAME", f"base optimizer: {', '.join(BASE_OPTIMIZERS)}")
+    """The base optimizer that takes every step: ``sgd`` or ``adamw``. Every optimizer."""
+    lr: float = _setting(0.05, "LR", "peak learning rate")
+    """The peak learning rate, > 0: reached after ``warmup_epochs``, then following
+    ``schedule``. Every optimizer."""
+    momentum: float = _setting(0.9, "M", "[base sgd] momentum")
+    """SGD's momentum, in [0, 1). ``base="sgd"`` only."""
+    weight_decay: float = _setting(1e-3, "WD", "weight decay (SGD: coupled, AdamW: decoupled)")
+    """The weight decay, >= 0: coupled (added to the gradient) with SGD, decoupled with AdamW;
+    on the parameters ``weight_decay_on`` names. Every optimizer."""
+    nesterov: bool = _setting(False, None, "[base sgd] Nesterov momentum")
+    """Nesterov momentum (needs ``momentum`` > 0). ``base="sgd"`` only."""
+    weight_decay_on: str = _setting(
+        "all", "WHICH", "all parameters, or matrices (no decay on biases, norms, tokens)"
+    )
+    """``all`` (every parameter) or ``matrices`` (parameters of two or more dimensions only,
+    less those the model's ``no_weight_decay()`` names, e.g. a ViT's class token and position
+    embedding: biases and norm weights are not decayed; :func:`xsam.models.vit.decay_groups`).
+    """
+
+    # ------------------------------------------------------------------ schedule
+    epochs: int = _setting(10, "N", "epochs")
+    """The length of the run in epochs, >= 1."""
+    batch_size: int = _setting(125, "B", "batch size")
+    """Training examples per update, >= 1 (under torchrun the global batch, split evenly over
+    the processes)."""
+    schedule: str = _setting(
+        "cosine", "NAME", f"learning-rate schedule per update: {', '.join(SCHEDULES)}"
+    )
+    """The learning rate after warm-up, set every update: ``cosine`` (to 0 at the end of the
+    run) or ``constant``."""
+    warmup_epochs: float = _setting(0.0, "E", "linear warm-up length in epochs (may be fractional)")
+    """The linear warm-up of the learning rate, in epochs (may be fractional), at most
+    ``epochs``; 0: none."""
+    label_smoothing: float = _setting(0.0, "S", "label smoothing of the training loss")
+    """The label smoothing, in [0, 1), of the training loss (cross-entropy)."""
+
+    # ------------------------------------------------------------------ run
+    seed: int = _setting(0, "S", "seed of model init, data order and augmentation")
+    """The run's seed, >= 0: the model's initial weights, the data order, the augmentation and
+    the perturbation schedule's draws (not the label noise: ``noise_seed``)."""
+    device: str = _setting("auto", "DEV", "auto (CUDA when present), cpu, cuda or cuda:N")
+    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    threads: int | None = _setting(None, "N", "CPU threads for torch (default: torch's choice)")
+    """The CPU threads torch uses, >= 1; ``None``: torch's default."""
+    amp: str = _setting(
+        "off", "MODE", f"mixed precision: {', '.join(AMP_MODES)} (fp16 uses a GradScaler)"
+    )
+    """Mixed precision: ``off``, ``bf16`` (autocast) or ``fp16`` (autocast with a
+    GradScaler)."""
+    eval_batch_size: int = _setting(1000, "B", "batch size of the evaluation")
+    """Examples per batch when evaluating, >= 1."""
+    keep_checkpoints: bool = _setting(
+        False, None, "also keep checkpoints/epochNNN.pt (weights) for `xsam probe`"
+    )
+    """Also keep the weights of every epoch (``checkpoints/epochNNN.pt``), for ``xsam
+    probe``."""
+    checkpoint_every: int | None = _setting(
+        None, "N", "also save last.pt every N updates (--resume continues mid-epoch)"
+    )
+    """Also save ``last.pt`` every N >= 1 updates, so that a run killed mid-epoch resumes from
+    there, bit for bit; ``None``: at epoch ends only."""
+    out: str | None = _setting(None, "DIR", "run folder (None: write nothing)", flag=False)
+    """The run folder; ``None``: write nothing. (``xsam train --out`` has its own default.)"""
+    preset: str | None = _setting(
+        None, "NAME", "the preset the config came from (recorded)", flag=False
+    )
+    """The preset the config came from, recorded for the reader (each preset sets it to its
+    own name); it changes nothing in the run."""
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:
@@ -568,6 +691,13 @@ _PARSERS: dict[str, Any] = {
     "preset": _optional(str),
 }
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+FLAG_HELP: dict[str, tuple[str | None, str]] = {
+    f.name: (f.metadata["metavar"], f.metadata["help"])
+    for f in dataclasses.fields(TrainConfig)
+    if f.metadata["flag"]
+}
+"""``(metavar, help)`` of every field offered as a run-settings flag (``metavar`` ``None``: an
+on/off switch), read from the fields' metadata: the lines of ``xsam train --help``."""
 assert set(_PARSERS) == set(FIELD_NAMES)  # a developer check, not user input
 
 
