@@ -8,6 +8,7 @@ stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -189,7 +190,8 @@ def _add_demo(sub: Any) -> None:
     d.add_argument("--seeds", metavar="LIST", default="0", help="seeds (default: 0)")
     d.add_argument("--device", metavar="DEV", default=None, help="auto, cpu, cuda")
     d.add_argument("--threads", metavar="N", default=None,
-                   help="CPU threads (default: torch's choice, one per core)")  # fmt: skip
+                   help="CPU threads per run (default 1: the numbers then do not depend on "
+                   "the number of cores)")  # fmt: skip
     d.add_argument("--jobs", metavar="N", default="2",
                    help="runs at a time (default 2: one CPU thread each on 2 cores)")  # fmt: skip
     d.add_argument("--quiet", action="store_true", help="print only the table")
@@ -351,10 +353,18 @@ def _run_compare(
     pairs: str | None = None,
     verdicts: bool = False,
     report: Callable[[dict[str, Any]], list[Path]] | None = None,
+    before_log: Callable[[], None] | None = None,
 ) -> int:
     from .compare import RunsFailed, check_jobs, parse_variants, run_compare
 
     log = _printer(quiet)
+    if log is not None and before_log is not None:
+        say = log
+
+        def log(s: str) -> None:  # e.g. the epochs a finished worker run wrote, then its line
+            before_log()
+            say(s)
+
     failed = None
     try:
         result = run_compare(
@@ -453,7 +463,8 @@ def _cmd_tune(ns: argparse.Namespace) -> int:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
-    from .demo import demo_plan, write_demo_report
+    from .compare import check_jobs, parse_variants, plan_runs
+    from .demo import demo_plan, watch_epochs, write_demo_report
 
     base, variants, seeds, out = demo_plan(ns.out, ns.epochs, ns.seeds, ns.device, ns.threads)
     if not ns.quiet:
@@ -468,9 +479,14 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     def report(result: dict[str, Any]) -> list[Path]:
         return write_demo_report(out, result["table"], say=print)
 
-    return _run_compare(
-        base, variants, seeds, out, force=False, quiet=ns.quiet, jobs=ns.jobs, report=report
-    )
+    watch: Any = contextlib.nullcontext()
+    if not ns.quiet and check_jobs(ns.jobs) > 1:  # runs in workers: report their epochs here
+        plan = plan_runs(base, parse_variants(variants), seeds, out)
+        runs = [(f"{r.variant.label} seed {r.seed}", r.out, r.config.epochs) for r in plan]
+        watch = watch_epochs(runs, lambda s: print(s, flush=True))
+    with watch as poll:
+        return _run_compare(base, variants, seeds, out, force=False, quiet=ns.quiet,
+                            jobs=ns.jobs, report=report, before_log=poll)  # fmt: skip
 
 
 def _cmd_probe(ns: argparse.Namespace) -> int:
@@ -583,8 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "\nxsam: interrupted; finished epochs are saved (rerun the command with --resume, "
-            "or the same compare/demo command, to continue)",
+            "\nxsam: interrupted; finished epochs (with --checkpoint-every N, the last N-th "
+            "update) are saved (rerun the command with --resume, or the same compare/demo "
+            "command, to continue)",
             file=sys.stderr,
         )
         return 130
