@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from ..distributed import local_tensor
 
 # Hyperparameters the wrapper stores in every param group (so they are per-group, saved by
 # state_dict and reachable by schedulers).
@@ -87,6 +89,63 @@ def check_group(group: dict[str, Any], where: str, *, positive_eta: bool) -> Non
             f"{where}['eta'] must be > 0 with adaptive=True (XSAM maps the direction back "
             f"through 1/(|θ|+η), which is 0/0 where θ = 0 and η = 0), got {group['eta']!r}"
         )
+
+
+def check_family_args(base_optimizer: Any, *, steps: Any, adaptive: Any, model: Any) -> None:
+    """The SAM-family constructor's arguments that are not numbers: the base optimizer class,
+    ``steps``, ``adaptive`` and ``model``."""
+    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
+        hint = ""
+        if isinstance(base_optimizer, Optimizer):
+            hint = " (pass the class, e.g. torch.optim.SGD, and its kwargs, not an instance)"
+        raise TypeError(
+            f"base_optimizer must be a torch.optim.Optimizer subclass, got {base_optimizer!r}"
+            + hint
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+
+
+def check_family_numbers(*, rho: Any, eta: Any, rho_max: Any) -> tuple[float, float, float | None]:
+    """``rho >= 0``, ``eta >= 0`` and ``rho_max > 0`` (or ``None``), as floats."""
+    rho = check_number("rho", rho, low=0.0, strict=False)
+    eta = check_number("eta", eta, low=0.0, strict=False)
+    if rho_max is not None:
+        rho_max = check_number("rho_max", rho_max, low=0.0, strict=True)
+    return rho, eta, rho_max
+
+
+def check_update_params(
+    owner: str,
+    owners: list[Tensor],
+    where: Mapping[int, tuple[Any, int, int]],
+    names: Mapping[int, str],
+) -> list[Tensor]:
+    """The local data of the parameters one update covers, refusing sparse gradients, meta
+    parameters and parameters on several devices (``where``: id -> (group, its index, the
+    parameter's index in it))."""
+    for p in owners:
+        if p.grad is not None and p.grad.is_sparse:
+            raise ValueError("sparse gradients are not supported")
+        if p.is_meta:
+            _, gi, pi = where[id(p)]
+            raise RuntimeError(
+                f"{describe_param(p, names, gi, pi)} is on the meta device "
+                "and has no values; materialise the model (e.g. module.to_empty(device=...) "
+                "and reset its parameters) before stepping"
+            )
+    params = [local_tensor(p.detach()) for p in owners]
+    if params and len({p.device for p in params}) > 1:
+        raise RuntimeError(
+            f"{owner}: parameters with gradients span several devices "
+            f"({sorted({str(p.device) for p in params})}); one device per optimizer is "
+            "supported (use one optimizer per device or DDP/FSDP)"
+        )
+    return params
 
 
 def describe_param(p: Any, names: Mapping[int, str], group: int, index: int) -> str:
