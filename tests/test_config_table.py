@@ -62,3 +62,51 @@ def test_the_run_settings_flags_are_the_fields_metadata():
         assert action.option_strings[0] == "--" + f.name.replace("_", "-")
         if f.metadata["metavar"] is not None:
             assert action.metavar == f.metadata["metavar"], f.name
+
+
+@pytest.mark.parametrize("f", FIELDS, ids=lambda f: f.name)
+def test_every_parser_round_trips_its_default(f):
+    assert C.parse_field(f.name, str(f.default)) == f.default
+    assert C.parse_field(f.name, f.default) == f.default  # a JSON value as is
+
+
+def _kind(hint):
+    """``(kind, optional)`` of an annotation ``kind`` or ``kind | None``."""
+    args = typing.get_args(hint)
+    if len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+@pytest.mark.parametrize(
+    "f", [f for f in FIELDS if f.metadata["parse"] is None], ids=lambda f: f.name
+)
+def test_a_parser_follows_the_annotation(f):
+    kind, optional = _kind(HINTS[f.name])
+    text = {str: "cuda:1", int: "7", float: "2.5", bool: "yes"}[kind]
+    want = {str: "cuda:1", int: 7, float: 2.5, bool: True}[kind]
+    got = C.parse_field(f.name, text)
+    assert got == want and type(got) is kind
+    if optional:
+        for none in ("none", " NULL ", None):
+            assert C.parse_field(f.name, none) is None
+    elif kind is str:
+        assert C.parse_field(f.name, "none") == "none"
+    else:
+        with pytest.raises(C.ConfigError, match=f"^{f.name}: expected "):
+            C.parse_field(f.name, "none")
+
+
+def test_the_declared_parsers_are_the_special_ones():
+    declared = {f.name for f in FIELDS if f.metadata["parse"] is not None}
+    assert declared == {"alpha", "alpha_grid", "alpha_every"}
+    assert C.parse_field("alpha_grid", "0:0.2:0.1") == [0.0, 0.1, 0.2]
+    assert C.parse_field("alpha_every", "epoch") is None
+    assert C.parse_field("alpha", " Auto") == "auto"
+
+
+def test_an_annotation_without_a_parser_must_declare_one():
+    with pytest.raises(TypeError, match="TrainConfig.grid: no parser for list"):
+        C._type_parser("grid", list[int])
+    with pytest.raises(TypeError, match="no parser"):
+        C._type_parser("either", int | str)

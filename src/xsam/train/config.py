@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,11 +75,139 @@ class ConfigError(ValueError):
     """A configuration or a run folder that cannot be used; the message says why (one line)."""
 
 
-def _setting(default: Any, metavar: str | None, help: str, *, flag: bool = True) -> Any:
+# ---------------------------------------------------------------------- value parsers
+def parse_alpha(value: object) -> float | str:
+    """``"auto"`` or a finite number (strings like ``"0.5"`` accepted)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"alpha should be 'auto' or a number but is: {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"alpha should be 'auto' or a finite number but is: {value!r}")
+    return float(value)
+
+
+def parse_alpha_grid(value: object) -> list[float]:
+    """A list of numbers, ``"a,b,c"``, or ``"start:stop:step"`` (stop included); sorted,
+    without repeats. May be empty (:meth:`TrainConfig.validated` refuses that for XSAM)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if ":" in text:
+                start, stop, step = (float(t) for t in text.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                n = int(math.floor((stop - start) / step + 1e-9))
+                value = [round(start + i * step, 10) for i in range(n + 1)]
+            else:
+                value = [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"alpha_grid should be 'start:stop:step' or 'a,b,c' but is: {text!r}"
+            ) from None
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"alpha_grid should be a list of numbers but is: {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"alpha_grid should hold finite numbers but holds: {v!r}")
+        out.append(float(v))
+    return sorted(set(out))
+
+
+def parse_alpha_every(value: object) -> int | None:
+    """An integer, or ``None`` / ``"epoch"`` (search at each epoch start); that it is >= 1
+    is checked by :meth:`TrainConfig.validated` (XSAM only: other optimizers ignore it)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("epoch", "none")):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ConfigError(
+                f"alpha_every should be an integer >= 1 or 'epoch' but is: {value!r}"
+            ) from None
+    return _int("alpha_every", value, low=None)
+
+
+def parse_augment(spec: object) -> Augment:
+    """An :class:`xsam.data.Augment` from ``"none"``, ``"paper"`` or e.g. ``"crop4+flip"``."""
+    from ..data import Augment  # imports torch: only when a config is checked
+
+    if not isinstance(spec, str):
+        raise ConfigError(f"augment should be a string but is: {spec!r}")
+    text = AUGMENT_ALIASES.get(spec.strip().lower(), spec.strip().lower())
+    kw: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split("+"))):
+        try:
+            if part == "flip":
+                kw["flip"] = True
+            elif part.startswith("crop"):
+                kw["crop_padding"] = int(part[4:])
+            elif part.startswith("cutout"):
+                size, _, p = part[6:].partition("@")
+                kw["cutout_size"] = int(size)
+                kw["cutout_p"] = float(p) if p else 1.0
+            else:
+                raise ValueError
+            Augment(**kw)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"augment {spec!r}: cannot read {part!r}; use 'none', 'paper' or parts like "
+                "'crop4+flip+cutout16@0.5'"
+            ) from None
+    return Augment(**kw) if kw else Augment()
+
+
+def _optional(parse: Any) -> Any:
+    def parse_opt(value: object) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return parse(value)
+
+    return parse_opt
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false but got: {value!r}")
+
+
+def _typed(kind: type) -> Any:
+    def parse(value: object) -> Any:
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                raise ConfigError(f"expected {kind.__name__} but got: {value!r}") from None
+        return value  # type-checked by validated()
+
+    return parse
+
+
+def _setting(
+    default: Any,
+    metavar: str | None,
+    help: str,
+    *,
+    parse: Callable[[object], Any] | None = None,
+    flag: bool = True,
+) -> Any:
     """A :class:`TrainConfig` field whose ``metadata`` holds its ``--help`` line (``help``),
-    the flag's ``metavar`` (``None``: an on/off switch) and whether the run-settings flags of
-    ``xsam train`` / ``compare`` / ``tune`` offer it (``flag``)."""
-    return field(default=default, metadata={"help": help, "metavar": metavar, "flag": flag})
+    the flag's ``metavar`` (``None``: an on/off switch), whether the run-settings flags of
+    ``xsam train`` / ``compare`` / ``tune`` offer it (``flag``) and the parser of its
+    command-line and JSON values (``parse``; ``None``: the one its annotation gives, see
+    :func:`parse_field`)."""
+    meta = {"help": help, "metavar": metavar, "flag": flag, "parse": parse}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -178,7 +307,9 @@ class TrainConfig:
     eta: float = _setting(0.01, "E", "[sam, xsam] η of the adaptive perturbation")
     """η >= 0 of the adaptive scaling |θ| + η (``xsam`` with ``adaptive`` needs η > 0). ``sam``
     and ``xsam``; without ``adaptive`` it is not used."""
-    alpha: float | str = _setting("auto", "A", "[xsam] α: auto (searched) or a number (1 = SAM)")
+    alpha: float | str = _setting(
+        "auto", "A", "[xsam] α: auto (searched) or a number (1 = SAM)", parse=parse_alpha
+    )
     """XSAM's α: ``"auto"`` (chosen by a search over ``alpha_grid`` at radius ``rho_max``) or a
     fixed finite number (1: k-step SAM). ``xsam`` only."""
     rho_max: float | None = _setting(
@@ -188,14 +319,20 @@ class TrainConfig:
     resolved by :meth:`validated` so that ``config.json`` shows the value used. ``xsam``
     only."""
     alpha_grid: list[float] | None = _setting(
-        None, "GRID", "[xsam] α values searched: start:stop:step or a,b,c (default 0:2:0.1)"
+        None,
+        "GRID",
+        "[xsam] α values searched: start:stop:step or a,b,c (default 0:2:0.1)",
+        parse=_optional(parse_alpha_grid),
     )
     """The α values searched, sorted without repeats: a list, ``"a,b,c"`` or
     ``"start:stop:step"`` (stop included); ``None``: :data:`PAPER_ALPHA_GRID` (0 to 2 in steps
     of 0.1). ``xsam`` with ``alpha="auto"`` only (:meth:`validated` sets it to ``None`` for a
     fixed α)."""
     alpha_every: int | None = _setting(
-        None, "N", "[xsam] search α every N updates, or 'epoch' (default: each epoch start)"
+        None,
+        "N",
+        "[xsam] search α every N updates, or 'epoch' (default: each epoch start)",
+        parse=parse_alpha_every,
     )
     """Search α every N >= 1 updates; ``None`` (``"epoch"`` on the command line): at the first
     update of every epoch, as the paper. ``xsam`` with ``alpha="auto"`` only."""
@@ -478,7 +615,7 @@ def resume_diff(saved: TrainConfig, new: TrainConfig) -> list[str]:
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUME_FREE_KEYS and a[k] != b[k]]
 
 
-# ---------------------------------------------------------------------- field parsers
+# ---------------------------------------------------------------------- field checks
 def _dataset_key(name: object) -> str:
     key = str(name).strip().lower().replace("_", "-")
     if key in ("cifar-10", "cifar-100"):
@@ -525,171 +662,7 @@ def _int(name: str, value: object, *, low: int | None = 1) -> int:
     return value
 
 
-def parse_alpha(value: object) -> float | str:
-    """``"auto"`` or a finite number (strings like ``"0.5"`` accepted)."""
-    if isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return "auto"
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"alpha should be 'auto' or a number but is: {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"alpha should be 'auto' or a finite number but is: {value!r}")
-    return float(value)
-
-
-def parse_alpha_grid(value: object) -> list[float]:
-    """A list of numbers, ``"a,b,c"``, or ``"start:stop:step"`` (stop included); sorted,
-    without repeats. May be empty (:meth:`TrainConfig.validated` refuses that for XSAM)."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            if ":" in text:
-                start, stop, step = (float(t) for t in text.split(":"))
-                if step <= 0 or stop < start:
-                    raise ValueError
-                n = int(math.floor((stop - start) / step + 1e-9))
-                value = [round(start + i * step, 10) for i in range(n + 1)]
-            else:
-                value = [float(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise ConfigError(
-                f"alpha_grid should be 'start:stop:step' or 'a,b,c' but is: {text!r}"
-            ) from None
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"alpha_grid should be a list of numbers but is: {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"alpha_grid should hold finite numbers but holds: {v!r}")
-        out.append(float(v))
-    return sorted(set(out))
-
-
-def parse_alpha_every(value: object) -> int | None:
-    """An integer, or ``None`` / ``"epoch"`` (search at each epoch start); that it is >= 1
-    is checked by :meth:`TrainConfig.validated` (XSAM only: other optimizers ignore it)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("epoch", "none")):
-        return None
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise ConfigError(
-                f"alpha_every should be an integer >= 1 or 'epoch' but is: {value!r}"
-            ) from None
-    return _int("alpha_every", value, low=None)
-
-
-def parse_augment(spec: object) -> Augment:
-    """An :class:`xsam.data.Augment` from ``"none"``, ``"paper"`` or e.g. ``"crop4+flip"``."""
-    from ..data import Augment  # imports torch: only when a config is checked
-
-    if not isinstance(spec, str):
-        raise ConfigError(f"augment should be a string but is: {spec!r}")
-    text = AUGMENT_ALIASES.get(spec.strip().lower(), spec.strip().lower())
-    kw: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split("+"))):
-        try:
-            if part == "flip":
-                kw["flip"] = True
-            elif part.startswith("crop"):
-                kw["crop_padding"] = int(part[4:])
-            elif part.startswith("cutout"):
-                size, _, p = part[6:].partition("@")
-                kw["cutout_size"] = int(size)
-                kw["cutout_p"] = float(p) if p else 1.0
-            else:
-                raise ValueError
-            Augment(**kw)
-        except (ValueError, TypeError):
-            raise ConfigError(
-                f"augment {spec!r}: cannot read {part!r}; use 'none', 'paper' or parts like "
-                "'crop4+flip+cutout16@0.5'"
-            ) from None
-    return Augment(**kw) if kw else Augment()
-
-
-def _optional(parse: Any) -> Any:
-    def parse_opt(value: object) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            return None
-        return parse(value)
-
-    return parse_opt
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"expected true or false but got: {value!r}")
-
-
-def _typed(kind: type) -> Any:
-    def parse(value: object) -> Any:
-        if isinstance(value, str):
-            try:
-                return kind(value)
-            except ValueError:
-                raise ConfigError(f"expected {kind.__name__} but got: {value!r}") from None
-        return value  # type-checked by validated()
-
-    return parse
-
-
-_PARSERS: dict[str, Any] = {
-    "dataset": str,
-    "data_dir": _optional(str),
-    "limit_train": _optional(_typed(int)),
-    "limit_test": _optional(_typed(int)),
-    "val_size": _optional(_typed(int)),
-    "augment": str,
-    "label_noise": _typed(float),
-    "noise_type": str,
-    "noise_seed": _typed(int),
-    "model": str,
-    "width": _optional(_typed(int)),
-    "depth": _optional(_typed(int)),
-    "optimizer": str,
-    "rho": _typed(float),
-    "steps": _typed(int),
-    "adaptive": _bool,
-    "eta": _typed(float),
-    "alpha": parse_alpha,
-    "rho_max": _optional(_typed(float)),
-    "alpha_grid": _optional(parse_alpha_grid),
-    "alpha_every": parse_alpha_every,
-    "perturbation": str,
-    "perturb_every": _typed(int),
-    "perturb_start": _typed(float),
-    "perturb_prob": _typed(float),
-    "perturb_reuse": _typed(float),
-    "base": str,
-    "lr": _typed(float),
-    "momentum": _typed(float),
-    "weight_decay": _typed(float),
-    "nesterov": _bool,
-    "weight_decay_on": str,
-    "epochs": _typed(int),
-    "batch_size": _typed(int),
-    "schedule": str,
-    "warmup_epochs": _typed(float),
-    "label_smoothing": _typed(float),
-    "seed": _typed(int),
-    "device": str,
-    "threads": _optional(_typed(int)),
-    "amp": str,
-    "eval_batch_size": _typed(int),
-    "keep_checkpoints": _bool,
-    "checkpoint_every": _optional(_typed(int)),
-    "out": _optional(str),
-    "preset": _optional(str),
-}
+# ---------------------------------------------------------------------- key=value parsing
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 FLAG_HELP: dict[str, tuple[str | None, str]] = {
     f.name: (f.metadata["metavar"], f.metadata["help"])
@@ -698,7 +671,33 @@ FLAG_HELP: dict[str, tuple[str | None, str]] = {
 }
 """``(metavar, help)`` of every field offered as a run-settings flag (``metavar`` ``None``: an
 on/off switch), read from the fields' metadata: the lines of ``xsam train --help``."""
-assert set(_PARSERS) == set(FIELD_NAMES)  # a developer check, not user input
+
+_TYPE_PARSERS: dict[type, Callable[[object], Any]] = {
+    str: str,
+    int: _typed(int),
+    float: _typed(float),
+    bool: _bool,
+}
+
+
+def _type_parser(name: str, hint: Any) -> Callable[[object], Any]:
+    """The parser a field's annotation gives: ``str``, ``int``, ``float`` or ``bool``, or one
+    of them ``| None`` (then ``None``, ``"none"`` and ``"null"`` also give ``None``)."""
+    args = typing.get_args(hint)
+    optional = len(args) == 2 and type(None) in args
+    kind = next(a for a in args if a is not type(None)) if optional else hint
+    if kind not in _TYPE_PARSERS:  # a developer error: such a field declares its parser
+        raise TypeError(f"TrainConfig.{name}: no parser for {hint}; declare one with parse=")
+    return _optional(_TYPE_PARSERS[kind]) if optional else _TYPE_PARSERS[kind]
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+_PARSERS: dict[str, Callable[[object], Any]] = {
+    f.name: f.metadata["parse"] or _type_parser(f.name, _HINTS[f.name])
+    for f in dataclasses.fields(TrainConfig)
+}
+"""Each field's parser: the one declared on the field (``alpha``, ``alpha_grid``,
+``alpha_every``), else the one its annotation gives."""
 
 
 def parse_field(name: str, value: object) -> Any:
