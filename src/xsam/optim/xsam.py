@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +38,144 @@ def slerp_coefficients(alpha: float | Tensor, psi: float | Tensor) -> tuple[Any,
     if s < _PARALLEL:
         return 0.0, 1.0
     return math.sin((1.0 - alpha) * psi) / s, math.sin(alpha * psi) / s
+
+
+@dataclass
+class AlphaSearch:
+    """XSAM's α: a fixed value, or α* searched over ``grid`` at the first full update, every
+    ``every`` full updates after it (``None``: never again by itself) and whenever requested.
+    One object, like :class:`~xsam.optim.schedule.PerturbationSchedule`; its state_dict fields
+    keep the names XSAM has always saved (:meth:`to_state`)."""
+
+    auto: bool
+    alpha: float  # the fixed α, or the last α* found (1.0 before the first search)
+    grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    every: int | None = 400
+    searched: bool = False  # a search has run
+    since_search: int = 0  # full updates since the last search (that one included)
+    requested: bool = False  # request_alpha_search() was called since
+    found_now: bool = False  # the update in progress searched
+    probe_losses: list[float] | None = None  # the last search's losses, one per grid entry
+
+    @classmethod
+    def from_args(cls, alpha: Any, grid: Sequence[float] | None, every: Any) -> AlphaSearch:
+        """From XSAM's ``alpha``, ``alpha_grid`` and ``alpha_every`` (checked here)."""
+        if isinstance(alpha, str):
+            if alpha != "auto":
+                raise ValueError(f"alpha must be 'auto' or a real number, got {alpha!r}")
+            auto, fixed = True, 1.0
+        else:
+            auto, fixed = False, check_number("alpha", alpha, low=-math.inf, strict=True)
+        if grid is not None:
+            if not auto:
+                raise ValueError(f"alpha_grid is only used with alpha='auto', got alpha={alpha!r}")
+            try:
+                values = [float(a) for a in grid]
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"alpha_grid must be a sequence of numbers, got {grid!r}"
+                ) from None
+            if not values or not all(math.isfinite(a) for a in values):
+                raise ValueError(f"alpha_grid must be non-empty and finite, got {grid!r}")
+            grid = tuple(sorted(set(values)))
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or every < 1
+        ):
+            raise ValueError(f"alpha_every must be an integer >= 1 or None, got {every!r}")
+        return cls(auto, fixed, DEFAULT_ALPHA_GRID if grid is None else grid, every)
+
+    @property
+    def mode(self) -> str:
+        return "auto" if self.auto else "fixed"
+
+    @property
+    def due(self) -> bool:
+        """Whether the next full update searches."""
+        if not self.auto:
+            return False
+        if not self.searched or self.requested:
+            return True
+        return self.every is not None and self.since_search >= self.every
+
+    @property
+    def is_sam(self) -> bool:
+        """α fixed at 1: d = g_k, k-step SAM exactly."""
+        return not self.auto and self.alpha == 1.0
+
+    def request(self) -> None:
+        if self.auto:
+            self.requested = True
+
+    def found(self, alpha: float) -> None:
+        """A search of the update in progress found ``alpha``."""
+        self.alpha = alpha
+        self.found_now = True
+
+    def update_done(self) -> None:
+        """A full update was applied."""
+        if self.found_now:
+            self.found_now = False
+            self.searched = True
+            self.requested = False
+            self.since_search = 1
+        else:
+            self.since_search += 1
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "alpha_mode": self.mode,
+            "searched": self.searched,
+            "since_search": self.since_search,
+            "search_requested": self.requested,
+        }
+
+    def check_state(self, saved: dict[str, Any]) -> None:
+        """Refuse a state saved with another α mode or another fixed α."""
+        if saved.get("alpha_mode") != self.mode:
+            raise ValueError(
+                f"state_dict has alpha_mode={saved.get('alpha_mode')!r}, this optimizer "
+                f"{self.mode!r}"
+            )
+        if not self.auto and float(saved["alpha"]) != self.alpha:
+            raise ValueError(
+                f"state_dict has the fixed alpha={float(saved['alpha']):g}, this optimizer "
+                f"alpha={self.alpha:g}; construct it with the saved alpha to resume"
+            )
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        self.alpha = float(saved["alpha"])
+        self.searched = bool(saved["searched"])
+        self.since_search = int(saved["since_search"])
+        self.requested = bool(saved["search_requested"])
+
+    @classmethod
+    def from_pickled(cls, state: dict[str, Any]) -> AlphaSearch:
+        """From the loose attributes an XSAM pickled before this object existed (taken out of
+        ``state``)."""
+        return cls(
+            auto=state.pop("_auto"),
+            alpha=state.pop("_alpha"),
+            grid=state.pop("alpha_grid"),
+            every=state.pop("alpha_every"),
+            searched=state.pop("_searched"),
+            since_search=state.pop("_since_search"),
+            requested=state.pop("_search_requested"),
+            found_now=state.pop("_searched_now", False),
+            probe_losses=state.pop("last_probe_losses", None),
+        )
+
+
+def _search_attribute(name: str, doc: str) -> property:
+    """A read-write attribute of XSAM backed by its :class:`AlphaSearch`."""
+
+    def get(self: XSAM) -> Any:
+        return getattr(self._alpha_search, name)
+
+    def set_(self: XSAM, value: Any) -> None:
+        setattr(self._alpha_search, name, value)
+
+    return property(get, set_, doc=doc)
 
 
 class XSAM(SAMFamily):
@@ -135,43 +274,11 @@ class XSAM(SAMFamily):
         base_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(alpha, str):
-            if alpha != "auto":
-                raise ValueError(f"alpha must be 'auto' or a real number, got {alpha!r}")
-            self._auto = True
-            fixed = 1.0
-        else:
-            fixed = check_number("alpha", alpha, low=-math.inf, strict=True)
-            self._auto = False
-        if alpha_grid is not None:
-            if not self._auto:
-                raise ValueError(f"alpha_grid is only used with alpha='auto', got alpha={alpha!r}")
-            try:
-                grid = [float(a) for a in alpha_grid]
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"alpha_grid must be a sequence of numbers, got {alpha_grid!r}"
-                ) from None
-            if not grid or not all(math.isfinite(a) for a in grid):
-                raise ValueError(f"alpha_grid must be non-empty and finite, got {alpha_grid!r}")
-            self.alpha_grid = tuple(sorted(set(grid)))
-        else:
-            self.alpha_grid = DEFAULT_ALPHA_GRID
-        if alpha_every is not None and (
-            isinstance(alpha_every, bool) or not isinstance(alpha_every, int) or alpha_every < 1
-        ):
-            raise ValueError(f"alpha_every must be an integer >= 1 or None, got {alpha_every!r}")
+        self._alpha_search = AlphaSearch.from_args(alpha, alpha_grid, alpha_every)
         if adaptive is True and as_real("eta", eta) <= 0:
             raise ValueError(
                 f"eta must be > 0 for XSAM with adaptive=True (d is mapped back by 1/(|θ|+η)), got {eta!r}"
             )
-        self.alpha_every = alpha_every
-        self._alpha = fixed
-        self._searched = False
-        self._since_search = 0
-        self._search_requested = False
-        self._searched_now = False
-        self.last_probe_losses: list[float] | None = None
         super().__init__(
             params,
             base_optimizer,
@@ -189,28 +296,29 @@ class XSAM(SAMFamily):
         )
 
     # ------------------------------------------------------------------ α schedule
+    alpha_grid = _search_attribute("grid", "The α values searched (sorted, distinct).")
+    alpha_every = _search_attribute("every", "Full updates between searches, or ``None``.")
+    last_probe_losses = _search_attribute(
+        "probe_losses", "The last search's probe losses, one per ``alpha_grid`` entry."
+    )
+
     @property
     def alpha(self) -> float:
         """The α in use: the fixed value, or the last α* found by the search."""
-        return self._alpha
+        return self._alpha_search.alpha
 
     @property
     def alpha_mode(self) -> str:
-        return "auto" if self._auto else "fixed"
+        return self._alpha_search.mode
 
     def request_alpha_search(self) -> None:
         """Search α at the next update (e.g. at the start of every epoch, as in the paper)."""
-        if self._auto:
-            self._search_requested = True
+        self._alpha_search.request()
 
     @property
     def search_due(self) -> bool:
         """Whether the next update will run the α search."""
-        if not self._auto:
-            return False
-        if not self._searched or self._search_requested:
-            return True
-        return self.alpha_every is not None and self._since_search >= self.alpha_every
+        return self._alpha_search.due
 
     def _needs_loss_fn(self) -> bool:
         return self.search_due
@@ -219,48 +327,28 @@ class XSAM(SAMFamily):
         return True
 
     def _direction_is_gk(self) -> bool:
-        return not self._auto and self._alpha == 1.0
+        return self._alpha_search.is_sam
 
     def _on_update_done(self) -> None:
-        if self._searched_now:
-            self._searched_now = False
-            self._searched = True
-            self._search_requested = False
-            self._since_search = 1
-        else:
-            self._since_search += 1
+        self._alpha_search.update_done()
 
     def _state_extra(self) -> dict[str, Any]:
-        return {
-            "alpha": self._alpha,
-            "alpha_mode": self.alpha_mode,
-            "searched": self._searched,
-            "since_search": self._since_search,
-            "search_requested": self._search_requested,
-        }
+        return self._alpha_search.to_state()
 
     def _check_extra(self, extra: dict[str, Any]) -> None:
-        if extra.get("alpha_mode") != self.alpha_mode:
-            raise ValueError(
-                f"state_dict has alpha_mode={extra.get('alpha_mode')!r}, this optimizer "
-                f"{self.alpha_mode!r}"
-            )
-        if not self._auto and float(extra["alpha"]) != self._alpha:
-            raise ValueError(
-                f"state_dict has the fixed alpha={float(extra['alpha']):g}, this optimizer "
-                f"alpha={self._alpha:g}; construct it with the saved alpha to resume"
-            )
+        self._alpha_search.check_state(extra)
 
     def _load_extra(self, extra: dict[str, Any]) -> None:
-        self._alpha = float(extra["alpha"])
-        self._searched = bool(extra["searched"])
-        self._since_search = int(extra["since_search"])
-        self._search_requested = bool(extra["search_requested"])
+        self._alpha_search.load_state(extra)
+
+    def _migrate_pickle(self, state: dict[str, Any]) -> None:
+        if "_alpha_search" not in state:  # pickled before α's state was one object
+            state["_alpha_search"] = AlphaSearch.from_pickled(state)
 
     # ------------------------------------------------------------------ the descent
     def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> bool:
-        search = self.search_due
-        if not search and not self._auto and self._alpha == 1.0:
+        search, state = self.search_due, self._alpha_search
+        if not search and state.is_sam:
             return True  # k-step SAM: d = g_k exactly
         P, T = u.params, u.scale  # notation follows the paper; P doubles as scratch space
         torch._foreach_sub_(P, u.theta0)  # δ = θ_k − θ₀
@@ -273,8 +361,8 @@ class XSAM(SAMFamily):
             found = self._search(u, grads, ang.psi, loss_fn)
             if found is None:
                 return False  # a non-finite probe: the whole update is skipped
-            self._alpha = found
-        a, b = slerp_coefficients(self._alpha, ang.psi)
+            state.found(found)
+        a, b = slerp_coefficients(state.alpha, ang.psi)
         # d = ‖g_k‖·v₀ (α* = 0, or v₁ ∥ v₀), and v₀ is g₀'s direction after one ascent step
         u.parallel = (b == 0.0 or math.sin(ang.psi) < _PARALLEL) and self._v0_along_g0()
         k0, k1 = ang.direction_coefficients(a, b)
@@ -286,7 +374,7 @@ class XSAM(SAMFamily):
             # |dᵢ| ≤ |k₀|·‖P‖ + |k₁|·‖g‖: when that is safely finite, d needs no norm
             u.d_finite = ang.bounded(k0, k1, P)
         psi = torch.tensor(ang.psi, dtype=torch.float64)
-        self._last.update({"psi": psi, "alpha": self._alpha, "ascent_norm": ang.n0})
+        self._last.update({"psi": psi, "alpha": state.alpha, "ascent_norm": ang.n0})
         return True
 
     @torch.no_grad()
@@ -330,7 +418,6 @@ class XSAM(SAMFamily):
         self.last_probe_losses = values.tolist()
         if not bool(torch.isfinite(values).all()):
             return None
-        self._searched_now = True
         return self.alpha_grid[int(torch.argmax(values))]  # first maximum = smallest α
 
 
