@@ -33,6 +33,8 @@ print("TORCH" if "torch" in sys.modules else "NO-TORCH", code, file=sys.stderr)
         (["demo", "--help"], 0),
         (["probe", "--help"], 0),
         (["train", "--no-such-flag"], 2),
+        (["train", "--lr", "fast"], 2),
+        (["train", "--resume", "--force"], 2),
         (["probe"], 2),
         (["no-such-command"], 2),
     ],

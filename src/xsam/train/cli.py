@@ -273,14 +273,14 @@ def _pct(v: float | None) -> str:
 
 # ---------------------------------------------------------------------- commands
 def _cmd_train(ns: argparse.Namespace) -> int:
-    from .checkpoint import CONFIG
-    from .loop import train
-
     if ns.resume and ns.force:
         raise ConfigError("--resume and --force exclude each other")
     if ns.stop_after is not None and ns.stop_after < 1:
         raise ConfigError(f"--stop-after should be >= 1 but is: {ns.stop_after}")
-    config = _config_from_args(ns)
+    config = _config_from_args(ns)  # a flag's value that is no number fails here, torch-free
+    from .checkpoint import CONFIG
+    from .loop import train
+
     c = config.validated()
     if config.out is None:
         config = config.replace(
