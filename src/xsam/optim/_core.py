@@ -42,15 +42,16 @@ from ._args import (
     check_update_params,
     split_base_kwargs,
 )
+from ._cheap import CheapStep
 from ._closure import ClosureStep
 from ._groups import ParamGroups
 from ._guards import ClosureGuards
-from ._kernels import EPS, asam_scale, ascent_
+from ._kernels import EPS, ascent_
 from ._passes import PassContexts
 from ._reuse import LookSAMReuse
 from ._scaler import base_step
 from ._state import StateDictMixin
-from ._update import Counters, _as_tensor, _Update, counter, param_buffers
+from ._update import Counters, _Update, counter, param_buffers
 from ._vec import ReduceFn, acc_dtype, global_sq_sums, precise_sq_sums
 from .schedule import PerturbationSchedule
 
@@ -62,6 +63,7 @@ _check_number = check_number
 
 class SAMFamily(
     ClosureStep,
+    CheapStep,
     ParamGroups,
     PassContexts,
     ClosureGuards,
@@ -249,16 +251,8 @@ class SAMFamily(
             torch._foreach_copy_(theta0, params)
         dtype = acc_dtype(params) if params else torch.float32
         u = _Update(owners=owners, params=params, theta0=theta0, dtype=dtype)
-        self._set_geometry(u, [where[id(p)][0] for p in owners])
+        u.set_geometry([where[id(p)][0] for p in owners], self.steps)
         return u
-
-    def _set_geometry(self, u: _Update, groups: list[dict[str, Any]]) -> None:
-        rhos = [g["rho"] / self.steps for g in groups]
-        rho_maxes = [g["rho_max"] if g["rho_max"] is not None else 2.0 * g["rho"] for g in groups]
-        u.rho = rhos[0] if len(set(rhos)) <= 1 and rhos else rhos
-        u.rho_max = rho_maxes[0] if len(set(rho_maxes)) <= 1 and rho_maxes else rho_maxes
-        if groups and groups[0]["adaptive"]:
-            u.scale = asam_scale(u.theta0, [g["eta"] for g in groups])
 
     def _grads(self, u: _Update) -> list[Tensor]:
         grads, present = [], []
@@ -458,36 +452,6 @@ class SAMFamily(
             return
         self._restore_stats()
         self._warn_skip()
-
-    # ------------------------------------------------------------------ cheap steps
-    def _plain_step(
-        self, loss: Any, *, cheap: bool, scaler: torch.amp.GradScaler | None = None
-    ) -> bool:
-        """One pass's gradient, then the base step: ρ = 0 everywhere (exactly the base
-        optimizer) or a cheap step of the schedule (the clean gradient, plus the reuse term
-        when the schedule has one and a full update has left its vector). Skipped, changing
-        nothing, when the loss or the gradient the base optimizer would receive (the reuse
-        term included) is not finite."""
-        owners = [p for p in self._group_params() if p.grad is not None]
-        grads = [local_tensor(p.grad) for p in owners]
-        ok = True
-        if grads:
-            sq = global_sq_sums([grads], acc_dtype(grads), self._reduce)[0]
-            finite = torch.isfinite(sq) & torch.isfinite(_as_tensor(loss)).to(sq.device).all()
-            if cheap and self._reuse_valid and self.schedule.reuse > 0.0:
-                # check what the base optimizer will receive, reuse term included
-                finite = finite & torch.isfinite(self._apply_reuse(owners, grads, sq))
-            ok = bool(self._dist.agree_all(finite))
-            if not ok and scaler is not None and scaler.is_enabled():
-                for p in owners:  # the scaler must see the skip to lower its scale
-                    p.grad = torch.full_like(p, float("nan"))
-        if cheap:
-            self._last = {"g0_norm": sq.sqrt() if grads else torch.zeros(())}
-        elif self.schedule.reuse > 0.0:  # a full update with ρ = 0: d = g₀, nothing to reuse
-            self._reuse_valid = self._drop_reuse()
-        base_step(self.base_optimizer, ok, scaler)
-        self._finish(ok, full=not cheap)
-        return ok
 
     # ------------------------------------------------------------------ introspection
     @property

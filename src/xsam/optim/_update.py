@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._kernels import asam_scale
+
 
 @dataclass
 class _Update:
@@ -40,6 +42,16 @@ class _Update:
     # set when d is g₀'s direction in exact arithmetic (ρ = 0; XSAM with α* = 0 and one
     # ascent step): its part orthogonal to g₀ is rounding noise, so no reuse vector is kept
     parallel: bool = False
+
+    def set_geometry(self, groups: list[dict[str, Any]], steps: int) -> None:
+        """ρ/k and ρ_max from each owner's group (one number when all agree), and ASAM's
+        scale ``T = |θ₀| + η`` with ``adaptive``."""
+        rhos = [g["rho"] / steps for g in groups]
+        rho_maxes = [g["rho_max"] if g["rho_max"] is not None else 2.0 * g["rho"] for g in groups]
+        self.rho = rhos[0] if len(set(rhos)) <= 1 and rhos else rhos
+        self.rho_max = rho_maxes[0] if len(set(rho_maxes)) <= 1 and rho_maxes else rho_maxes
+        if groups and groups[0]["adaptive"]:
+            self.scale = asam_scale(self.theta0, [g["eta"] for g in groups])
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ._core import SAMFamily, _Update
+from ._core import SAMFamily
+from ._update import _Update
 from .schedule import PerturbationSchedule
 
 __all__ = ["SAM"]

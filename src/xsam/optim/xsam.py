@@ -13,7 +13,8 @@ from torch.optim import Optimizer
 
 from ..policies import frozen_norm_stats
 from ._args import FAMILY_KEYWORDS, as_real, check_number
-from ._core import EPS, SAMFamily, _as_tensor, _Update
+from ._core import EPS, SAMFamily
+from ._update import _as_tensor, _Update
 from ._vec import add_scaled_, precise_sq_sums, scale_
 from .schedule import PerturbationSchedule
 
