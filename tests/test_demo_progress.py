@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from xsam.train.checkpoint import write_metrics
-from xsam.train.demo import demo_plan, epoch_summary, watch_epochs
+from xsam.train.demo import demo_plan
+from xsam.train.progress import epoch_summary, watch_epochs
 
 
 def _row(epoch: int, acc: float, memo: float | None = 0.25, alpha: float | None = None) -> dict:
@@ -53,6 +54,15 @@ def test_watch_epochs_reports_each_new_epoch_once_in_order(tmp_path):
     ]
 
 
+def test_watch_epochs_follows_a_run_that_starts_over(tmp_path):
+    write_metrics(tmp_path, [_row(1, 0.5), _row(2, 0.5)])
+    lines = []
+    with watch_epochs([("A", tmp_path, 2)], lines.append, interval=60) as poll:
+        write_metrics(tmp_path, [_row(1, 0.25)])  # --force: the run's files went, epoch 1 again
+        poll()
+    assert lines == ["  A: " + epoch_summary(_row(1, 0.25), 2)]
+
+
 def test_demo_runs_one_thread_each_unless_told(tmp_path):
     base, variants, seeds, out = demo_plan(tmp_path / "d")
     assert base.validated().threads == 1 and seeds == [0] and out == tmp_path / "d"
@@ -73,3 +83,17 @@ def test_demo_prints_every_runs_epochs_before_its_done_line(tmp_path, capsys):
         dones.append(done)
     table = [i for i, s in enumerate(lines) if s.startswith("| optimizer | runs |")]
     assert table and table[0] > max(dones)
+
+
+@pytest.mark.slow
+def test_parallel_compare_prints_the_epochs_of_its_workers(tmp_path, capsys):
+    from xsam.train.cli import main
+
+    argv = ["compare", "--optimizers", "sgd,sam", "--seeds", "0", "--model", "mlp", "--width",
+            "16", "--depth", "1", "--limit-train", "100", "--limit-test", "50", "--batch-size",
+            "50", "--epochs", "2", "--jobs", "2", "--out", str(tmp_path / "c")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for label in ("sgd", "sam"):
+        for e in (1, 2):
+            assert f"  {label} seed 0: epoch  {e}/2  test acc " in out, (label, e, out)

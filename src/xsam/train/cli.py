@@ -410,17 +410,9 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     variants = _split_variants(ns.optimizers)
     seeds = parse_seeds(ns.seeds)
     out = Path(ns.out) if ns.out else Path("runs") / f"compare-{_default_name(base)}"
-    return _run_compare(
-        base,
-        variants,
-        seeds,
-        out,
-        force=ns.force,
-        quiet=ns.quiet,
-        jobs=ns.jobs,
-        pairs=ns.pairs,
-        verdicts=True,
-    )
+    with _epoch_watch(base, variants, seeds, out, quiet=ns.quiet, jobs=ns.jobs) as poll:
+        return _run_compare(base, variants, seeds, out, force=ns.force, quiet=ns.quiet,
+                            jobs=ns.jobs, pairs=ns.pairs, verdicts=True, before_log=poll)  # fmt: skip
 
 
 def _cmd_tune(ns: argparse.Namespace) -> int:
@@ -463,8 +455,7 @@ def _cmd_tune(ns: argparse.Namespace) -> int:
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:
-    from .compare import check_jobs, parse_variants, plan_runs
-    from .demo import demo_plan, watch_epochs, write_demo_report
+    from .demo import demo_plan, write_demo_report
 
     base, variants, seeds, out = demo_plan(ns.out, ns.epochs, ns.seeds, ns.device, ns.threads)
     if not ns.quiet:
@@ -479,14 +470,25 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     def report(result: dict[str, Any]) -> list[Path]:
         return write_demo_report(out, result["table"], say=print)
 
-    watch: Any = contextlib.nullcontext()
-    if not ns.quiet and check_jobs(ns.jobs) > 1:  # runs in workers: report their epochs here
-        plan = plan_runs(base, parse_variants(variants), seeds, out)
-        runs = [(f"{r.variant.label} seed {r.seed}", r.out, r.config.epochs) for r in plan]
-        watch = watch_epochs(runs, lambda s: print(s, flush=True))
-    with watch as poll:
+    with _epoch_watch(base, variants, seeds, out, quiet=ns.quiet, jobs=ns.jobs) as poll:
         return _run_compare(base, variants, seeds, out, force=False, quiet=ns.quiet,
                             jobs=ns.jobs, report=report, before_log=poll)  # fmt: skip
+
+
+def _epoch_watch(
+    base: TrainConfig, variants: list[str], seeds: list[int], out: Path, *, quiet: bool,
+    jobs: int | str,
+) -> Any:  # fmt: skip
+    """Runs in worker processes (``jobs`` > 1) print nothing: a line per epoch they finish,
+    read from their run folders (:func:`xsam.train.progress.watch_epochs`)."""
+    from .compare import check_jobs, parse_variants, plan_runs
+    from .progress import watch_epochs
+
+    if quiet or check_jobs(jobs) == 1:
+        return contextlib.nullcontext()
+    plan = plan_runs(base, parse_variants(variants), seeds, out)
+    runs = [(f"{r.variant.label} seed {r.seed}", r.out, r.config.epochs) for r in plan]
+    return watch_epochs(runs, lambda s: print(s, flush=True))
 
 
 def _cmd_probe(ns: argparse.Namespace) -> int:

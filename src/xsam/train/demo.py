@@ -10,19 +10,18 @@ verdict between SAM and XSAM; the caption it writes says so with the run's own n
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text, read_metrics
+from .checkpoint import atomic_write_text
 from .compare import PLOTS_SKIPPED, load_runs, parse_seeds, plotting_available
-from .config import ConfigError, TrainConfig, resolve_config
+from .config import TrainConfig, resolve_config
 from .names import DEMO_DIR, DEMO_EPOCHS, DEMO_OPTIMIZERS, DEMO_PRESET
+from .progress import epoch_summary, watch_epochs
 
 __all__ = [
     "DEMO_DIR",
@@ -31,6 +30,7 @@ __all__ = [
     "DEMO_PRESET",
     "demo_caption",
     "demo_plan",
+    "epoch_summary",
     "watch_epochs",
     "plot_demo",
     "write_demo_report",
@@ -60,58 +60,6 @@ def demo_plan(
         out = Path(DEMO_DIR) / datetime.now().strftime("%Y%m%d-%H%M%S")
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
     return base, list(DEMO_OPTIMIZERS), seed_list, Path(out)
-
-
-@contextlib.contextmanager
-def watch_epochs(
-    runs: Sequence[tuple[str, Path, int]], say: Callable[[str], None], interval: float = 0.5
-) -> Iterator[Callable[[], None]]:
-    """While the body runs, report every epoch the runs ``(label, folder, epochs)`` finish
-    (read from their ``metrics.jsonl``: runs in worker processes print nothing themselves),
-    one line each, every ``interval`` seconds. Yields the check itself, so that a caller can
-    report the epochs so far before a line of its own; it runs once more when the body
-    ends."""
-    seen = {folder: len(_rows(folder)) for _, folder, _ in runs}
-    lock, stop = threading.Lock(), threading.Event()
-
-    def poll() -> None:
-        with lock:
-            for label, folder, epochs in runs:
-                rows = _rows(folder)
-                for row in rows[seen[folder] :]:
-                    say(f"  {label}: {epoch_summary(row, epochs)}")
-                seen[folder] = max(seen[folder], len(rows))
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            poll()
-
-    thread = threading.Thread(target=loop, name="xsam demo progress", daemon=True)
-    thread.start()
-    try:
-        yield poll
-    finally:
-        stop.set()
-        thread.join()
-        poll()
-
-
-def _rows(folder: Path) -> list[dict[str, Any]]:
-    try:
-        return read_metrics(folder)
-    except ConfigError:  # a file another tool is writing: read it next time
-        return []
-
-
-def epoch_summary(row: dict[str, Any], epochs: int) -> str:
-    """One short line on an epoch of a demo run: test accuracy, memorised wrong labels, α,
-    time."""
-    text = f"epoch {row['epoch']:>2}/{epochs}  test acc {100 * row['test_acc']:5.2f}%"
-    if row.get("memorized") is not None:
-        text += f"  memorised {100 * row['memorized']:4.1f}% of the wrong labels"
-    if row.get("alpha") is not None:
-        text += f"  α {row['alpha']:.2f}"
-    return text + f"  ({row['epoch_time_s'] + row['eval_time_s']:.1f} s)"
 
 
 def _final_and_peak(metrics: list[dict[str, Any]]) -> tuple[float, float, int]:
