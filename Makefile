@@ -14,12 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,lightning,transformers,accelerate]"
 	touch $(STAMP)
 
+# the fast suite: every test but those marked slow (README, "Quick start", says how long it takes)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# several processes and whole examples run as subprocesses (CI runs both)
+# torchrun and other multi-process runs, whole examples as subprocesses, and the property
+# tests with the long Hypothesis profile (5,000 examples each; CI runs both targets)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "not slow" --hypothesis-profile=long tests/test_propert*.py
 
 demo: $(STAMP)
 	$(PY) -m xsam demo
