@@ -3,8 +3,8 @@
 Every import of ``xsam`` code in ``src/xsam`` — at module level or inside a function — is
 resolved to the module it names, and checked against two rules:
 
-1. A subpackage imports only from lower layers (``RANK``): the support modules (data, models,
-   policies, distributed) at the bottom, then optim, then analysis and integrations (which do
+1. A subpackage imports only from lower layers (``RANK``): the support modules (checks, data,
+   models, policies, distributed) at the bottom, then optim, then analysis and integrations (which do
    not import each other), then train, then the package root and ``__main__``. Names taken
    from the root package (``from .. import SAM``) count as the layer that defines them
    (``xsam._WHERE``); ``__version__`` is free to all.
@@ -29,6 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "xsam"
 
 RANK = {
+    "checks": 0,
     "data": 0,
     "models": 0,
     "policies": 0,
@@ -46,9 +47,6 @@ KNOWN = {
     ("xsam.analysis", "xsam.train.probe"): (
         "compatibility: xsam.analysis.checkpoint_paths / probe_run, imported from "
         "xsam.train.probe on first use (PEP 562), so importing xsam.analysis imports no train"
-    ),
-    ("xsam.analysis._check", "xsam.optim._core._check_number"): (
-        "private name across packages: the one validation module (issue 21, item 2) replaces it"
     ),
 }
 """(importing module, imported module or name) -> why it is still allowed."""

@@ -1,4 +1,5 @@
-"""Argument validation shared by the analysis tools (name, rule and value in every message)."""
+"""Argument validation shared by the analysis tools, on the rules of :mod:`xsam.checks` (name,
+rule and value in every message)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..optim._core import _check_number
+from .. import checks
 from .vectors import LossFn
 
 
 def real(name: str, value: Any, *, low: float = -math.inf, strict: bool = False) -> float:
-    return _check_number(name, value, low=low, strict=strict)  # the optimizers' own rule
+    return checks.real(name, value, low=low, strict=strict)  # the optimizers' own rule
 
 
 def integer(name: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return value
+    return checks.integer(name, value, low=low, typed=True)  # TypeError for a non-int
 
 
 def loss_function(loss_fn: Any) -> LossFn:

@@ -1,15 +1,14 @@
 """Checking what users hand the SAM-family optimizers: numbers, param groups and the split of
 keyword arguments between the wrapper and the base optimizer.
 
-Every check raises ``TypeError``/``ValueError`` with the argument's name, the rule and the value,
-before anything is changed.
+The rules for single values (numbers, integers, ``eta`` with adaptive XSAM) are
+:mod:`xsam.checks`, shared with the schedule, the analysis tools and ``TrainConfig``; every check
+raises before anything is changed.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..checks import adaptive_eta, integer, real
 from ..distributed import local_tensor
 
 # Hyperparameters the wrapper stores in every param group (so they are per-group, saved by
@@ -44,51 +44,19 @@ FAMILY_KEYWORDS = frozenset(
 XSAM_ONLY = frozenset({"alpha", "rho_max", "alpha_grid", "alpha_every"})
 
 
-def as_real(name: str, value: Any) -> float:
-    """``value`` as a Python float: ints, floats, NumPy scalars and one-element real tensors
-    are accepted; bools, strings, complex numbers and other objects are refused."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(
-                f"{name} must be a real number, got a tensor of shape {tuple(value.shape)} "
-                f"and dtype {value.dtype}"
-            )
-        if value.is_meta:
-            raise TypeError(f"{name} must be a real number, got a meta tensor (it has no value)")
-        return float(value.detach().cpu().item())
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
-    return float(value)
-
-
-def check_number(name: str, value: Any, *, low: float, strict: bool) -> float:
-    """A finite real ``> low`` (``strict``) or ``>= low``, as a float."""
-    value = as_real(name, value)
-    bad = not math.isfinite(value) or (value <= low if strict else value < low)
-    if bad:
-        rule = f"> {low:g}" if strict else f">= {low:g}"
-        raise ValueError(f"{name} must be finite and {rule}, got {value!r}")
-    return value
-
-
 def check_group(group: dict[str, Any], where: str, *, positive_eta: bool) -> None:
     """Validate (and normalise to floats) the wrapper's keys of one param group, in place.
 
     ``where`` names the group in messages (e.g. ``"param_groups[1]"``); ``positive_eta``: the
     variant divides by ``|θ| + η`` (XSAM with ``adaptive=True``)."""
-    group["rho"] = check_number(f"{where}['rho']", group["rho"], low=0.0, strict=False)
-    group["eta"] = check_number(f"{where}['eta']", group["eta"], low=0.0, strict=False)
+    group["rho"] = real(f"{where}['rho']", group["rho"], low=0.0)
+    group["eta"] = real(f"{where}['eta']", group["eta"], low=0.0)
     if not isinstance(group["adaptive"], bool):
         raise TypeError(f"{where}['adaptive'] must be a bool, got {group['adaptive']!r}")
     if group["rho_max"] is not None:
-        group["rho_max"] = check_number(
-            f"{where}['rho_max']", group["rho_max"], low=0.0, strict=True
-        )
-    if positive_eta and group["adaptive"] and group["eta"] <= 0.0:
-        raise ValueError(
-            f"{where}['eta'] must be > 0 with adaptive=True (XSAM maps the direction back "
-            f"through 1/(|θ|+η), which is 0/0 where θ = 0 and η = 0), got {group['eta']!r}"
-        )
+        group["rho_max"] = real(f"{where}['rho_max']", group["rho_max"], low=0.0, strict=True)
+    if positive_eta:
+        adaptive_eta(f"{where}['eta']", group["eta"], group["adaptive"])
 
 
 def check_family_args(base_optimizer: Any, *, steps: Any, adaptive: Any, model: Any) -> None:
@@ -102,8 +70,7 @@ def check_family_args(base_optimizer: Any, *, steps: Any, adaptive: Any, model: 
             f"base_optimizer must be a torch.optim.Optimizer subclass, got {base_optimizer!r}"
             + hint
         )
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    integer("steps", steps, low=1)
     if not isinstance(adaptive, bool):
         raise TypeError(f"adaptive must be a bool, got {adaptive!r}")
     if model is not None and not isinstance(model, nn.Module):
@@ -112,10 +79,9 @@ def check_family_args(base_optimizer: Any, *, steps: Any, adaptive: Any, model: 
 
 def check_family_numbers(*, rho: Any, eta: Any, rho_max: Any) -> tuple[float, float, float | None]:
     """``rho >= 0``, ``eta >= 0`` and ``rho_max > 0`` (or ``None``), as floats."""
-    rho = check_number("rho", rho, low=0.0, strict=False)
-    eta = check_number("eta", eta, low=0.0, strict=False)
+    rho, eta = real("rho", rho, low=0.0), real("eta", eta, low=0.0)
     if rho_max is not None:
-        rho_max = check_number("rho_max", rho_max, low=0.0, strict=True)
+        rho_max = real("rho_max", rho_max, low=0.0, strict=True)
     return rho, eta, rho_max
 
 

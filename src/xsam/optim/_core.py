@@ -37,7 +37,6 @@ from ._args import (
     GROUP_KEYS,
     check_family_args,
     check_family_numbers,
-    check_number,
     check_params,
     check_update_params,
     split_base_kwargs,
@@ -56,9 +55,6 @@ from ._vec import ReduceFn, acc_dtype, global_sq_sums, precise_sq_sums
 from .schedule import PerturbationSchedule
 
 __all__ = ["SAMFamily", "EPS"]
-
-# kept for the analysis tools, which share the optimizers' rule for numbers
-_check_number = check_number
 
 
 class SAMFamily(

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from ._args import as_real, check_number
+from ..checks import as_real, real
 
 __all__ = ["DirectionNormClip", "clip_direction_norm"]
 
@@ -31,7 +31,7 @@ class DirectionNormClip:
     clipping at the last call (a 0-d tensor; ``None`` before the first)."""
 
     def __init__(self, max_norm: float, norm_type: float = 2.0) -> None:
-        self.max_norm = check_number("max_norm", max_norm, low=0.0, strict=True)
+        self.max_norm = real("max_norm", max_norm, low=0.0, strict=True)
         self.norm_type = _norm_type(norm_type)
         self.last_norm: Tensor | None = None
 

@@ -32,20 +32,13 @@ bit; a schedule whose steps are all cheap and ``reuse=0`` is the base optimizer,
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._args import as_real
+from ..checks import in_range, integer, real
 
 __all__ = ["PerturbationSchedule"]
-
-
-def _int_at_least(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -67,25 +60,17 @@ class PerturbationSchedule:
     reuse: float = 0.0
 
     def __post_init__(self) -> None:
-        _int_at_least("every", self.every, 1)
-        _int_at_least("start", self.start, 0)
-        _int_at_least("seed", self.seed, 0)
-        prob = as_real("prob", self.prob)
-        if not (0.0 <= prob <= 1.0):
-            raise ValueError(f"prob must be in [0, 1], got {self.prob!r}")
-        reuse = as_real("reuse", self.reuse)
-        if not (math.isfinite(reuse) and reuse >= 0.0):
-            raise ValueError(f"reuse must be finite and >= 0, got {self.reuse!r}")
-        object.__setattr__(self, "prob", prob)
-        object.__setattr__(self, "reuse", reuse)
+        integer("every", self.every, low=1)
+        integer("start", self.start, low=0)
+        integer("seed", self.seed, low=0)
+        object.__setattr__(self, "prob", in_range("prob", self.prob, 0.0, 1.0))
+        object.__setattr__(self, "reuse", real("reuse", self.reuse, low=0.0))
 
     @classmethod
     def late_phase(cls, fraction: float, total_steps: int, **kwargs: Any) -> PerturbationSchedule:
         """Plain steps for the first ``fraction`` of ``total_steps``, the full method after."""
-        fraction = as_real("fraction", fraction)
-        if not (0.0 <= fraction <= 1.0):
-            raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-        total = _int_at_least("total_steps", total_steps, 1)
+        fraction = in_range("fraction", fraction, 0.0, 1.0)
+        total = integer("total_steps", total_steps, low=1)
         return cls(start=round(fraction * total), **kwargs)
 
     @property
@@ -106,7 +91,7 @@ class PerturbationSchedule:
 
     def expected_share(self, total_steps: int) -> float:
         """The expected fraction of full updates over ``total_steps`` steps."""
-        total = _int_at_least("total_steps", total_steps, 1)
+        total = integer("total_steps", total_steps, low=1)
         grid = len(range(self.start, total, self.every))
         return grid * self.prob / total
 

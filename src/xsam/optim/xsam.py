@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..checks import adaptive_eta, integer, real
 from ..policies import frozen_norm_stats
-from ._args import FAMILY_KEYWORDS, as_real, check_number
+from ._args import FAMILY_KEYWORDS
 from ._core import EPS, SAMFamily
 from ._update import _as_tensor, _Update
 from ._vec import add_scaled_, precise_sq_sums, scale_
@@ -66,7 +67,7 @@ class AlphaSearch:
                 raise ValueError(f"alpha must be 'auto' or a real number, got {alpha!r}")
             auto, fixed = True, 1.0
         else:
-            auto, fixed = False, check_number("alpha", alpha, low=-math.inf, strict=True)
+            auto, fixed = False, real("alpha", alpha, low=-math.inf, strict=True)
         if grid is not None:
             if not auto:
                 raise ValueError(f"alpha_grid is only used with alpha='auto', got alpha={alpha!r}")
@@ -79,10 +80,7 @@ class AlphaSearch:
             if not values or not all(math.isfinite(a) for a in values):
                 raise ValueError(f"alpha_grid must be non-empty and finite, got {grid!r}")
             grid = tuple(sorted(set(values)))
-        if every is not None and (
-            isinstance(every, bool) or not isinstance(every, int) or every < 1
-        ):
-            raise ValueError(f"alpha_every must be an integer >= 1 or None, got {every!r}")
+        integer("alpha_every", every, low=1, or_none=True)
         return cls(auto, fixed, DEFAULT_ALPHA_GRID if grid is None else grid, every)
 
     @property
@@ -276,10 +274,7 @@ class XSAM(SAMFamily):
         **kwargs: Any,
     ) -> None:
         self._alpha_search = AlphaSearch.from_args(alpha, alpha_grid, alpha_every)
-        if adaptive is True and as_real("eta", eta) <= 0:
-            raise ValueError(
-                f"eta must be > 0 for XSAM with adaptive=True (d is mapped back by 1/(|θ|+η)), got {eta!r}"
-            )
+        adaptive_eta("eta", eta, adaptive)  # also checked in every param group
         super().__init__(
             params,
             base_optimizer,
