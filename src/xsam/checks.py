@@ -8,17 +8,16 @@ argument's ``name``, its ``value``, the ``rule`` and which part of it failed (``
 ``"type"``, ``"finite"`` or ``"range"``, with the ``bound`` of a range), so that a caller
 with its own error type (``xsam.train.TrainConfig``) reports the same rule in its own words.
 Used by the optimizers (``xsam.optim``), the perturbation schedule, the analysis tools and
-the training configuration.
+the training configuration. Imports no torch (``xsam --help`` reads the configuration without
+it): a tensor can only be passed once torch is imported.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
-
-import torch
-from torch import Tensor
 
 __all__ = [
     "ArgumentError",
@@ -63,7 +62,8 @@ def as_real(name: str, value: Any, *, plain: bool = False) -> float:
     are accepted (``plain``: Python ints and floats only); bools, strings, complex numbers and
     other objects are refused."""
     rule = "a real number"
-    if isinstance(value, Tensor) and not plain:
+    torch = sys.modules.get("torch")
+    if not plain and torch is not None and isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
             shown = f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
             raise ArgumentTypeError(name, rule, value, shown=shown)
@@ -137,4 +137,4 @@ def adaptive_eta(name: str, eta: Any, adaptive: Any) -> None:
             "> 0 with adaptive=True (XSAM maps the direction back through 1/(|θ|+η), which "
             "is 0/0 where θ = 0 and η = 0)"
         )
-        raise ArgumentError(name, rule, eta, bound="> 0")
+        raise ArgumentError(name, rule, eta, bound="> 0 for XSAM with adaptive=True")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # torch-free: `xsam --help` and argument errors read this module without importing torch
+from .. import checks
 from .names import DATASET_NAMES as DATASETS
 from .names import MODEL_NAMES, NOISE_TYPES
 
@@ -546,8 +547,11 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_epochs should be <= epochs ({c.epochs}) but is: {c.warmup_epochs}"
             )
-        if c.optimizer == "xsam" and c.adaptive and c.eta <= 0:
-            raise ConfigError(f"eta should be > 0 for xsam with adaptive=true but is: {c.eta}")
+        if c.optimizer == "xsam":
+            try:
+                checks.adaptive_eta("eta", c.eta, c.adaptive)
+            except checks.BadArgument as exc:
+                raise _config_error(exc, "a number", str(c.eta)) from None
 
     def _validate_perturb_schedule(self, unused: set[str]) -> None:
         c = self
@@ -639,27 +643,29 @@ def _device(name: str, value: object) -> str:
 def _number(
     name: str, value: object, *, low: float, strict: bool = False, ranged: bool = True
 ) -> float:
-    """A finite number; with ``ranged``, also ``> low`` (``strict``) or ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} should be a number but is: {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ConfigError(f"{name} should be a finite number but is: {value!r}")
-    if ranged and (v <= low if strict else v < low):
-        raise ConfigError(f"{name} should be {'>' if strict else '>='} {low:g} but is: {value!r}")
-    return v
+    """A finite number; with ``ranged``, also ``> low`` (``strict``) or ``>= low`` (the rule of
+    :func:`xsam.checks.real`, for JSON numbers)."""
+    bound = low if ranged else -math.inf
+    try:
+        return checks.real(name, value, low=bound, strict=strict and ranged, plain=True)
+    except checks.BadArgument as exc:
+        raise _config_error(exc, "a number", repr(value)) from None
 
 
 def _int(name: str, value: object, *, low: int | None = 1) -> int:
     """An integer (an integral float is accepted), ``>= low`` unless ``low`` is ``None``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ConfigError(f"{name} should be an integer but is: {value!r}")
-    if low is not None and value < low:
-        raise ConfigError(f"{name} should be >= {low} but is: {value}")
-    return value
+    try:
+        return checks.integer(name, value, low=low, integral_floats=True)
+    except checks.BadArgument as exc:
+        shown = repr(value) if exc.kind == "type" else str(exc.value)
+        raise _config_error(exc, "an integer", shown) from None
+
+
+def _config_error(exc: checks.BadArgument, what: str, shown: str) -> ConfigError:
+    """A rule of :mod:`xsam.checks` broken, in TrainConfig's words: ``<name> should be <rule>
+    but is: <value>`` (``what``: the type the field needs)."""
+    rule = {"type": what, "finite": "a finite number"}.get(exc.kind, exc.bound)
+    return ConfigError(f"{exc.name} should be {rule} but is: {shown}")
 
 
 # ---------------------------------------------------------------------- key=value parsing
