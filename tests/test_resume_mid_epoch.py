@@ -201,12 +201,71 @@ def test_sigkilled_cli_run_resumes_bit_identical(tmp_path):
     assert without_times(read_metrics(part)) == without_times(read_metrics(full))
 
 
-def test_checkpoint_every_is_refused_under_torchrun():
-    from xsam.train.ranks import Ranks
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux: read from /proc)."""
+    from pathlib import Path
 
-    cfg = TrainConfig(**KW, checkpoint_every=5, device="cpu").validated()
-    with pytest.raises(
-        loop_mod.ConfigError, match="checkpoint_every is not available under torchrun"
-    ):
-        loop_mod._process_device(cfg, Ranks(0, 2))
-    assert loop_mod._process_device(cfg.replace(checkpoint_every=None), Ranks(0, 2)).type == "cpu"
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.mark.slow
+def test_sigkilled_torchrun_run_resumes_bit_identical(tmp_path):
+    """Two processes: killed once the first mid-epoch checkpoint (every rank's state) is on
+    disk, resumed on two processes: the same weights and metrics as a run never killed."""
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    def torchrun(*args):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                f"--master_port={port}", "-m", "xsam", "train", "--model", "small_cnn",
+                "--limit-train", "800", "--limit-test", "100", "--batch-size", "20",
+                "--epochs", "2", "--optimizer", "xsam", "--threads", "1", "--quiet",
+                "--device", "cpu", *args]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    part, full = tmp_path / "part", tmp_path / "full"
+    proc = subprocess.Popen(torchrun("--checkpoint-every", "3", "--out", str(part)), env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (part / "last.pt").is_file() and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+    finally:  # the launcher and its workers (torchrun starts them in sessions of their own)
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1)
+    saved = load_checkpoint(part / "last.pt")
+    assert (
+        not read_metrics(part) and len(saved["ranks"]) == 2 and saved["partial_epoch"] is not None
+    )
+    # mid-epoch the ranks differ (their own augmentation generators and batch statistics)
+    a, b = saved["ranks"]
+    assert not torch.equal(a["loader"]["augment_rng"], b["loader"]["augment_rng"])
+    subprocess.run(torchrun("--out", str(full)), env=env, check=True, timeout=600)
+    subprocess.run(torchrun("--out", str(part), "--resume"), env=env, check=True, timeout=600)
+    x, y = load_checkpoint(full / "last.pt"), load_checkpoint(part / "last.pt")
+    _same_tensors(x["model"], y["model"], "model")
+    _same_tensors(x["optimizer"], y["optimizer"], "optimizer")
+    assert without_times(read_metrics(part)) == without_times(read_metrics(full))

@@ -170,12 +170,6 @@ def _process_device(cfg: TrainConfig, ranks: Ranks) -> torch.device:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        if cfg.checkpoint_every is not None:
-            raise ConfigError(
-                "checkpoint_every is not available under torchrun yet (mid-epoch, each rank's "
-                "loader position, augmentation and BatchNorm statistics differ); the run is "
-                "checkpointed after every epoch"
-            )
         if cfg.batch_size % ranks.world:
             raise ConfigError(
                 f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
@@ -247,7 +241,7 @@ def _run(
     info = _run_info(device, data, state.model, ranks)
     if mode == "resume":
         assert run_dir is not None
-        _resume(state, run_dir, writer, info)
+        _resume(state, run_dir, writer, info, ranks)
         say(f"{run_dir}: resuming {_position(state)}")
     elif writer is not None:
         atomic_write_text(writer / RUN_INFO, _to_json(info))
@@ -267,7 +261,7 @@ def _run(
             autocast=autocast,
             ranks=ranks,
             progress=progress,
-            on_update=_mid_epoch_saver(state, writer),
+            on_update=_mid_epoch_saver(state, writer, ranks),
         )
         state.metrics.append(row)
         if writer is not None:
@@ -280,10 +274,22 @@ def _run(
     )
 
 
-def _resume(state: RunState, run_dir: Path, writer: Path | None, info: dict[str, Any]) -> None:
-    """Put ``state`` where ``run_dir``'s checkpoint left it; rank 0 brings the metrics files
-    up to the checkpoint and notes the resume in ``run.json``."""
-    state.restore(load_checkpoint(run_dir / CHECKPOINT), run_dir)
+def _resume(
+    state: RunState, run_dir: Path, writer: Path | None, info: dict[str, Any], ranks: Ranks
+) -> None:
+    """Put ``state`` where ``run_dir``'s checkpoint left it (under torchrun, a mid-epoch
+    checkpoint holds every rank's own state: each takes its own); rank 0 brings the metrics
+    files up to the checkpoint and notes the resume in ``run.json``."""
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    per_rank = ckpt.get("ranks")
+    if per_rank is not None:
+        if len(per_rank) != ranks.world:
+            raise ConfigError(
+                f"cannot resume {run_dir}: its mid-epoch checkpoint holds {len(per_rank)} "
+                f"ranks' states, this run has {ranks.world} process(es)"
+            )
+        ckpt = per_rank[ranks.rank]
+    state.restore(ckpt, run_dir)
     if writer is not None:
         write_metrics(writer, state.metrics)  # in case they lag behind the checkpoint
         old = _read_json(writer / RUN_INFO)
@@ -303,16 +309,26 @@ def _position(state: RunState) -> str:
     )
 
 
-def _mid_epoch_saver(state: RunState, writer: Path | None) -> Callable[[EpochTotals], None] | None:
+def _mid_epoch_saver(
+    state: RunState, writer: Path | None, ranks: Ranks
+) -> Callable[[EpochTotals], None] | None:
     """With ``checkpoint_every``: a callback that writes ``last.pt`` after every that many
-    updates (with the epoch's totals so far), so a run killed mid-epoch resumes from there."""
+    updates (with the epoch's totals so far), so a run killed mid-epoch resumes from there.
+    Under torchrun every rank calls it: mid-epoch the ranks' loader positions (augmentation
+    generators), BatchNorm statistics and epoch totals differ, so rank 0 saves all of them
+    (``"ranks"``: one checkpoint per rank)."""
     every = state.config.checkpoint_every
     if every is None:
         return None
 
     def save(totals: EpochTotals) -> None:
-        if writer is not None and state.global_step % every == 0:
-            atomic_save(state.checkpoint(partial=totals.state_dict()), writer / CHECKPOINT)
+        if state.global_step % every:
+            return
+        ckpt = state.checkpoint(partial=totals.state_dict())
+        if ranks.world > 1:
+            ckpt = {**ckpt, "ranks": ranks.gather(ckpt)}
+        if writer is not None:
+            atomic_save(ckpt, writer / CHECKPOINT)
 
     return save
 

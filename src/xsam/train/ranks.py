@@ -33,6 +33,17 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (its tensors moved to the CPU), on rank 0; ``None`` on the
+        others. In a single process: ``[obj]``."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        box: list[Any] | None = [None] * self.world if self.main else None
+        dist.gather_object(_to_cpu(obj), box, dst=0)
+        return box
+
     def sum_(self, *tensors: torch.Tensor) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -54,6 +65,16 @@ class Ranks:
             import torch.distributed as dist
 
             dist.barrier()
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def init_ranks(device_name: str) -> Ranks:
