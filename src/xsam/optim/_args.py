@@ -43,6 +43,24 @@ FAMILY_KEYWORDS = frozenset(
 )
 XSAM_ONLY = frozenset({"alpha", "rho_max", "alpha_grid", "alpha_every"})
 
+# The constructor arguments SAM and XSAM both take and hand to SAMFamily as they are.
+FAMILY_ARGS = (
+    "rho",
+    "steps",
+    "adaptive",
+    "eta",
+    "model",
+    "perturbation",
+    "schedule",
+    "base_kwargs",
+)
+
+
+def family_args(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared constructor arguments (``FAMILY_ARGS``) out of a constructor's
+    ``locals()``, for ``SAMFamily.__init__``."""
+    return {name: arguments[name] for name in FAMILY_ARGS}
+
 
 def check_group(group: dict[str, Any], where: str, *, positive_eta: bool) -> None:
     """Validate (and normalise to floats) the wrapper's keys of one param group, in place.

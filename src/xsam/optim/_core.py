@@ -7,12 +7,8 @@ descent/finish (docs/algorithm.md §3; notation follows the paper):
                     θ ← θ₀ (exact copy), p.grad ← d, base_optimizer.step()
 
 This module owns the perturb / restore / step cycle, the θ₀ buffer, the adaptive (ASAM)
-geometry, normalisation statistics and non-finite handling; a strategy only decides ``d``.
-Around it, each in its own module: the vector math (``_kernels``), the param groups
-(``_groups``), LookSAM's reuse (``_reuse``), the closure guards and their warnings
-(``_guards``), state_dict and pickling (``_state``), the counters and what one update carries
-(``_update``), the base step under a GradScaler (``_scaler``). A fix here lands in every
-variant.
+geometry and non-finite handling; a strategy only decides ``d``. What sits around it, one job
+per module, is listed in docs/architecture.md. A fix here lands in every variant.
 
 Invariants kept on every path (closure, lower level, exceptions, skips):
 
@@ -31,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..distributed import Distribution, local_tensor, resolve_distribution
+from ..distributed import Distribution, resolve_distribution
 from ..policies import NormStatsSnapshot
 from ._args import (
     GROUP_KEYS,
@@ -43,6 +39,7 @@ from ._args import (
 )
 from ._cheap import CheapStep
 from ._closure import ClosureStep
+from ._docs import render
 from ._groups import ParamGroups
 from ._guards import ClosureGuards
 from ._kernels import EPS, ascent_
@@ -69,7 +66,16 @@ class SAMFamily(
 ):
     """Base class of the SAM-family wrappers. Use :class:`xsam.SAM` or :class:`xsam.XSAM`.
 
-    Subclasses implement :meth:`_descent` (write ``d`` into the gradients, θ still at θ_k)."""
+    Subclasses implement :meth:`_descent` (write ``d`` into the gradients, θ still at θ_k).
+
+    ${notation}
+
+    References:
+        ${ref_sam}
+        ${ref_asam}
+        ${ref_xsam}
+        ${ref_looksam}
+    """
 
     _explicit_kwargs: frozenset[str] = frozenset()
 
@@ -250,17 +256,6 @@ class SAMFamily(
         u.set_geometry([where[id(p)][0] for p in owners], self.steps)
         return u
 
-    def _grads(self, u: _Update) -> list[Tensor]:
-        grads, present = [], []
-        for p in u.owners:
-            present.append(p.grad is not None)
-            if p.grad is None:  # no gradient in this pass: it is zero
-                p.grad = torch.zeros_like(p)
-            grads.append(local_tensor(p.grad))
-        u.present = present
-        u.ever = present if not u.ever else [a or b for a, b in zip(u.ever, present)]
-        return grads
-
     # ------------------------------------------------------------------ ascent
     @torch.no_grad()
     def ascent_step(self) -> None:
@@ -292,7 +287,7 @@ class SAMFamily(
         if not u.params:
             self._clear_grads()
             return
-        grads = self._grads(u)
+        grads = u.read_grads()
         if u.ascents == 1 and self.schedule.reuse > 0.0:
             u.g0 = self._reuse_buffers(u)
             torch._foreach_copy_(u.g0, grads)
@@ -365,7 +360,7 @@ class SAMFamily(
         and d is discarded). XSAM reads its sums of squares on the host once more, to take the
         angle in float64 (see ``xsam._Angle``). When the α search is due, the passes are checked
         first, so that a non-finite update never spends |A| forward passes."""
-        grads = self._grads(u)
+        grads = u.read_grads()
         flags = self._pass_flags(u, grads)
         # ρ = 0 everywhere (possible on the lower-level path): d = g_k = g₀, the base step
         # alone, as step() does; XSAM's v₀ would be 0 and its α search meaningless
@@ -457,3 +452,6 @@ class SAMFamily(
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps}, base={self.base_optimizer!r})"
+
+
+SAMFamily.__doc__ = render(SAMFamily.__doc__)

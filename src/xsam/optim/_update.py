@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..distributed import local_tensor
 from ._kernels import asam_scale
 
 
@@ -42,6 +43,19 @@ class _Update:
     # set when d is g₀'s direction in exact arithmetic (ρ = 0; XSAM with α* = 0 and one
     # ascent step): its part orthogonal to g₀ is rounding noise, so no reuse vector is kept
     parallel: bool = False
+
+    def read_grads(self) -> list[Tensor]:
+        """The local gradients of the owners after a pass (a missing one is set to zeros),
+        noting which owners had one in this pass (``present``) and in any so far (``ever``)."""
+        grads, present = [], []
+        for p in self.owners:
+            present.append(p.grad is not None)
+            if p.grad is None:  # no gradient in this pass: it is zero
+                p.grad = torch.zeros_like(p)
+            grads.append(local_tensor(p.grad))
+        self.present = present
+        self.ever = present if not self.ever else [a or b for a, b in zip(self.ever, present)]
+        return grads
 
     def set_geometry(self, groups: list[dict[str, Any]], steps: int) -> None:
         """ρ/k and ρ_max from each owner's group (one number when all agree), and ASAM's

@@ -8,57 +8,47 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ._args import FAMILY_ARGS, family_args
 from ._core import SAMFamily
+from ._docs import render
 from ._update import _Update
 from .schedule import PerturbationSchedule
 
 __all__ = ["SAM"]
 
-_SAM_KEYWORDS = frozenset({"rho", "steps", "adaptive", "eta", "model", "perturbation", "schedule"})
+_SAM_KEYWORDS = frozenset(FAMILY_ARGS) - {"base_kwargs"}
 
 
 class SAM(SAMFamily):
-    r"""Sharpness-Aware Minimization wrapping any torch optimizer.
+    """Sharpness-Aware Minimization wrapping any torch optimizer.
 
-    One update on the batch ``B`` (``k = steps``; norms global over all parameters):
+    One update on the batch ``B``:
 
-    .. math::
-        g_0 = \nabla L_B(\theta_0),\quad
-        \theta_{i+1} = \theta_i + \tfrac{\rho}{k}\,\frac{g_i}{\lVert g_i\rVert + \epsilon},\quad
-        g_{i+1} = \nabla L_B(\theta_{i+1}),
+    ${ascent}
+    2. θ ← θ₀ exactly (from a copy, not by subtraction), gradient ``d = g_k``, base optimizer
+       step.
 
-    then θ is restored to θ₀ *exactly* (from a copy, not by subtraction) and the base optimizer
-    steps with ``g_k`` as the gradient. Cost: ``k + 1`` forward/backward passes; memory: one
-    parameter-sized buffer (θ₀).
+    ${notation}
+
+    Cost: ``k + 1`` forward/backward passes; memory: one parameter-sized buffer (θ₀).
 
     Args:
-        params: iterable of parameters or param-group dicts (groups may set ``rho``,
-            ``adaptive``, ``eta``).
-        base_optimizer: the optimizer *class* to wrap, e.g. ``torch.optim.SGD``.
+        ${params}
+        ${base_optimizer}
         rho: total ascent path length ρ (``>= 0``). ``rho=0`` is the base optimizer alone,
             bit for bit (one closure call per step).
-        steps: number of ascent steps ``k`` (``>= 1``).
-        adaptive: use ASAM's scale-invariant perturbation (Kwon et al., 2021, *ASAM*, eq. 10-11):
-            with ``T = |θ₀| + η`` elementwise, each ascent step is
-            ``(ρ/k)·T²g/‖T g‖``. Because ``|θ|`` is usually far below 1, the displacement for a
-            given ρ is much smaller than SAM's: ASAM papers use ρ about 10× SAM's (e.g. 0.5–2.0
-            against 0.05). davda54/sam's ``adaptive=True`` is this rule with ``η = 0``.
-        eta: η of the adaptive rule (default 0.01, Kwon et al.'s value).
-        model: the module being trained. When given, running statistics of its normalisation
-            layers (BatchNorm, SyncBatchNorm, tracked InstanceNorm) change only in the clean
-            pass; without it every closure call updates them.
-        perturbation: with ``model=`` a ``DistributedDataParallel`` module: ``"local"``
-            (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
-            (every pass all-reduced: single-process training on the global batch). FSDP-sharded
-            parameters imply ``"global"``. See :mod:`xsam.distributed`.
-        schedule: which steps get the full update; the others are cheap steps of one pass
-            (a :class:`xsam.PerturbationSchedule` or a dict of its fields; default: every
-            step full). See :mod:`xsam.optim.schedule`.
-        base_kwargs: the base optimizer's settings as one mapping. Needed only when a setting
-            of the base optimizer has the name of one of the wrapper's (``rho``, ``steps``,
-            ``alpha``, ``eta``, ``model``, ...): such a name is refused as a plain keyword,
-            so that it can never silently reach the wrong optimizer.
-        **kwargs: the base optimizer's other settings (``lr``, ``momentum``, ``weight_decay``...).
+        ${steps}
+        adaptive: use ASAM's scale-invariant perturbation (Kwon et al., 2021, eq. 10-11): with
+            ``T = |θ₀| + η`` elementwise, each ascent step is ``(ρ/k)·T²g/(‖T g‖+ε)``. Because
+            ``|θ|`` is usually far below 1, the displacement for a given ρ is much smaller than
+            SAM's: ASAM papers use ρ about 10× SAM's (e.g. 0.5–2.0 against 0.05).
+            davda54/sam's ``adaptive=True`` is this rule with ``η = 0``.
+        eta: η of the adaptive rule (``>= 0``; default 0.01, Kwon et al.'s value).
+        ${model}
+        ${perturbation}
+        ${schedule}
+        ${base_kwargs}
+        ${kwargs}
 
     Example:
         >>> opt = xsam.SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, model=model)
@@ -74,10 +64,8 @@ class SAM(SAMFamily):
     update; ``state_dict`` includes the base optimizer's state.
 
     References:
-        Foret, Kleiner, Mobahi, Neyshabur. Sharpness-Aware Minimization for Efficiently
-        Improving Generalization. ICLR 2021.
-        Kwon, Kim, Park, Choi. ASAM: Adaptive Sharpness-Aware Minimization for
-        Scale-Invariant Learning of Deep Neural Networks. ICML 2021.
+        ${ref_sam}
+        ${ref_asam}
     """
 
     def __init__(
@@ -98,19 +86,15 @@ class SAM(SAMFamily):
         super().__init__(
             params,
             base_optimizer,
-            rho=rho,
-            steps=steps,
-            adaptive=adaptive,
-            eta=eta,
             rho_max=None,
-            model=model,
-            perturbation=perturbation,
-            schedule=schedule,
-            base_kwargs=base_kwargs,
             own_keywords=_SAM_KEYWORDS,
+            **family_args(locals()),
             **kwargs,
         )
 
     def _descent(self, u: _Update, grads: list[Tensor], loss_fn: Callable[[], Any] | None) -> bool:
         # d = g_k: the gradient already in .grad is the update direction.
         return True
+
+
+SAM.__doc__ = render(SAM.__doc__)

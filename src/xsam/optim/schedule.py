@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..checks import in_range, integer, real
+from ._docs import render
 
 __all__ = ["PerturbationSchedule"]
 
@@ -51,6 +52,9 @@ class PerturbationSchedule:
         prob: probability that a step on the grid is full (``0 <= prob <= 1``).
         seed: the seed of the ``prob`` draws (the same on every rank).
         reuse: LookSAM's ``λ`` (``>= 0``; 0 = cheap steps are plain base steps).
+
+    References:
+        ${ref_looksam}
     """
 
     every: int = 1
@@ -114,3 +118,6 @@ class PerturbationSchedule:
             f"schedule must be a PerturbationSchedule, a dict of its fields or None, got "
             f"{type(value).__name__}"
         )
+
+
+PerturbationSchedule.__doc__ = render(PerturbationSchedule.__doc__)

@@ -13,8 +13,9 @@ from torch.optim import Optimizer
 
 from ..checks import adaptive_eta, integer, real
 from ..policies import frozen_norm_stats
-from ._args import FAMILY_KEYWORDS
+from ._args import FAMILY_KEYWORDS, family_args
 from ._core import EPS, SAMFamily
+from ._docs import render
 from ._update import _as_tensor, _Update
 from ._vec import add_scaled_, precise_sq_sums, scale_
 from .schedule import PerturbationSchedule
@@ -180,10 +181,9 @@ def _search_attribute(name: str, doc: str) -> property:
 class XSAM(SAMFamily):
     r"""eXplicit Sharpness-Aware Minimization wrapping any torch optimizer.
 
-    One update on the batch ``B`` (``k = steps``; norms and dot products global over every
-    parameter with a gradient; ``ε = 1e-12``):
+    One update on the batch ``B``:
 
-    1. ascent: ``g₀ = ∇L(θ₀)``; ``θᵢ₊₁ = θᵢ + (ρ/k)·gᵢ/(‖gᵢ‖+ε)``; ``g_k = ∇L(θ_k)``;
+    ${ascent}
     2. ``v₀ = (θ_k−θ₀)/(‖θ_k−θ₀‖+ε)``, ``v₁ = g_k/(‖g_k‖+ε)``, ψ the angle between them;
     3. ``v(α) = [sin((1−α)ψ)·v₀ + sin(αψ)·v₁]/sin ψ`` (``v₁`` when ``sin ψ < 1e-8``): the unit
        vector at angle αψ from v₀ towards v₁ (α > 1 extrapolates past v₁);
@@ -194,17 +194,18 @@ class XSAM(SAMFamily):
     5. θ ← θ₀ exactly, gradient ``d = ‖g_k‖·v(α*)``, base optimizer step (momentum, weight
        decay and schedules apply to d as to any gradient).
 
+    ${notation}
+
     ``alpha=1`` is k-step SAM exactly (``d = g_k``, no extra work); ``rho=0`` is the base
     optimizer alone, bit for bit. Cost per update: ``k + 1`` forward/backward passes plus
     O(#params) vector work; per search: ``len(alpha_grid)`` forward passes. Memory: one
     parameter-sized buffer (θ₀); a search briefly holds one more.
 
     Args:
-        params: iterable of parameters or param-group dicts (groups may set ``rho``,
-            ``rho_max``, ``adaptive``, ``eta``).
-        base_optimizer: the optimizer *class* to wrap, e.g. ``torch.optim.SGD``.
+        ${params}
+        ${base_optimizer}
         rho: total ascent path length ρ (``>= 0``; the paper's CIFAR value 0.15).
-        steps: number of ascent steps ``k`` (``>= 1``).
+        ${steps}
         alpha: ``"auto"`` (search) or a fixed real number (``1`` = SAM, ``0`` = g₀'s direction
             with g_k's length).
         rho_max: probe radius for the search (``> 0``); default ``2·rho`` per group.
@@ -218,20 +219,12 @@ class XSAM(SAMFamily):
             coordinates ``θ̃ = θ/T``, ``T = |θ₀|+η``: v₀, v₁, ψ and the slerp are taken there,
             probes sit at ``θ₀ + ρ_max·T·ṽ(α)`` (on ASAM's ellipsoid) and ``d = T⁻¹·‖T g_k‖·ṽ(α*)``,
             so ``alpha=1`` is again k-step ASAM exactly. Needs ``eta > 0``.
-        model: the module being trained; when given, normalisation running statistics change
-            only in the clean pass (ascent points and α probes leave them untouched).
-        perturbation: with ``model=`` a ``DistributedDataParallel`` module: ``"local"``
-            (default; each rank ascends from its own batch, as the SAM paper) or ``"global"``
-            (every pass all-reduced: single-process training on the global batch). FSDP-sharded
-            parameters imply ``"global"``. See :mod:`xsam.distributed`.
-        schedule: which steps get the full update; the others are cheap steps of one pass
-            (a :class:`xsam.PerturbationSchedule` or a dict of its fields; default: every
-            step full). ``alpha_every`` counts full updates only. See
-            :mod:`xsam.optim.schedule`.
-        base_kwargs: the base optimizer's settings as one mapping. Needed only when a setting
-            of the base optimizer has the name of one of XSAM's (e.g. ``RMSprop``'s ``alpha``):
-            such a name written as a plain keyword is refused as ambiguous.
-        **kwargs: the base optimizer's other settings (``lr``, ``momentum``, ...).
+        ${model}
+        ${perturbation}
+        ${schedule}
+            ``alpha_every`` counts full updates only.
+        ${base_kwargs}
+        ${kwargs}
 
     Example:
         >>> opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.15, lr=0.05,
@@ -250,8 +243,9 @@ class XSAM(SAMFamily):
     buffer instead of three; the optimizer owns the ascent loop, statistics and α schedule.
 
     References:
-        Chen, Zhou. Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
-        Implementation. ICLR 2026 (arXiv:2603.10048).
+        ${ref_xsam}
+        ${ref_sam}
+        ${ref_asam}
     """
 
     def __init__(
@@ -278,16 +272,9 @@ class XSAM(SAMFamily):
         super().__init__(
             params,
             base_optimizer,
-            rho=rho,
-            steps=steps,
-            adaptive=adaptive,
-            eta=eta,
             rho_max=rho_max,
-            model=model,
-            perturbation=perturbation,
-            schedule=schedule,
-            base_kwargs=base_kwargs,
             own_keywords=_XSAM_KEYWORDS,
+            **family_args(locals()),
             **kwargs,
         )
 
@@ -415,6 +402,9 @@ class XSAM(SAMFamily):
         if not bool(torch.isfinite(values).all()):
             return None
         return self.alpha_grid[int(torch.argmax(values))]  # first maximum = smallest α
+
+
+XSAM.__doc__ = render(XSAM.__doc__)
 
 
 class _Angle:
