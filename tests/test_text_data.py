@@ -170,3 +170,56 @@ def test_encode_lower_keeps_the_training_mode_and_builds_examples():
 
 def test_module_lists_what_it_exports():
     assert set(text.__all__) <= set(dir(text))
+
+
+# ---------------------------------------------------------------------- the benchmark's cell
+def cell_module():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "minilm_cell.py"
+    spec = importlib.util.spec_from_file_location("minilm_cell", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_cache():
+    labels = torch.arange(500) % 5
+    train, val, test = stratified_split(labels, val=0.2, test=0.2, seed=0)
+    return {"labels": labels, "classes": tuple("abcde"), "train": train, "val": val, "test": test}
+
+
+def test_cell_regimes_pick_the_examples_and_flip_the_labels():
+    cell, cache = cell_module(), fake_cache()
+    train, labels = cell.regime_labels(cache, "clean")
+    assert torch.equal(train, cache["train"]) and torch.equal(labels, cache["labels"])
+    train, labels = cell.regime_labels(cache, "few16")
+    assert labels[train].bincount().tolist() == [16] * 5
+    assert set(train.tolist()) <= set(cache["train"].tolist())
+    train, labels = cell.regime_labels(cache, "noisy40")
+    for part in ("train", "val"):
+        idx = cache[part]
+        flipped = int((labels[idx] != cache["labels"][idx]).sum())
+        assert flipped == round(0.4 * len(idx))
+    assert torch.equal(labels[cache["test"]], cache["labels"][cache["test"]])
+
+
+def test_cell_summary_pairs_the_seeds(tmp_path):
+    import json
+
+    cell = cell_module()
+    acc = {"adamw": [90.0, 91.0, 92.0], "sam": [91.0, 93.0, 92.5], "xsam": [91.5, 93.0, 93.0]}
+    labels = {"adamw": ("adamw", None), "sam:rho=0.1": ("sam", 0.1), "xsam:rho=0.1": ("xsam", 0.1)}
+    for (method, rho), values in zip(labels.values(), acc.values()):
+        for seed, a in enumerate(values):
+            folder = cell.run_dir(tmp_path, "few16", method, rho, seed)
+            folder.mkdir(parents=True)
+            record = {"seed": seed, "test_acc": a, "seconds": 1.0}
+            (folder / "result.json").write_text(json.dumps(record))
+    cell.summarise(tmp_path, "few16", labels, 4)  # seed 3 finished by none: left out
+    summary = json.loads((tmp_path / "few16" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2]
+    sam_minus_adamw, _, xsam_minus_sam = summary["pairs"]
+    assert sam_minus_adamw["mean"] == pytest.approx((1.0 + 2.0 + 0.5) / 3)
+    assert xsam_minus_sam["mean"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)
+    assert xsam_minus_sam["lo"] < xsam_minus_sam["mean"] < xsam_minus_sam["hi"]
