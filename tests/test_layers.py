@@ -4,8 +4,8 @@ Every import of ``xsam`` code in ``src/xsam`` — at module level or inside a fu
 resolved to the module it names, and checked against two rules:
 
 1. A subpackage imports only from lower layers (``RANK``): the support modules (checks, data,
-   models, policies, distributed) at the bottom, then optim, then analysis and integrations (which do
-   not import each other), then train, then the package root and ``__main__``. Names taken
+   models, norm_stats, distributed) at the bottom, then optim, then analysis and integrations
+   (which do not import each other), then train, then the package root and ``__main__``. Names taken
    from the root package (``from .. import SAM``) count as the layer that defines them
    (``xsam._WHERE``); ``__version__`` is free to all.
 2. No private name crosses a subpackage: ``from ..optim._core import x`` or
@@ -32,7 +32,8 @@ RANK = {
     "checks": 0,
     "data": 0,
     "models": 0,
-    "policies": 0,
+    "norm_stats": 0,
+    "policies": 1,  # the old name of norm_stats, re-exporting it: above it
     "distributed": 0,
     "optim": 1,
     "analysis": 2,

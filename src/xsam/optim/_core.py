@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..distributed import Distribution, resolve_distribution
-from ..policies import NormStatsSnapshot
+from ..norm_stats import NormStatsSnapshot
 from ._args import (
     GROUP_KEYS,
     check_family_args,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from ..policies import NormStatsSnapshot, frozen_norm_stats
+from ..norm_stats import NormStatsSnapshot, frozen_norm_stats
 
 
 class PassContexts:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..checks import adaptive_eta, integer, real
-from ..policies import frozen_norm_stats
+from ..norm_stats import frozen_norm_stats
 from ._args import FAMILY_KEYWORDS, family_args
 from ._core import EPS, SAMFamily
 from ._docs import render
