@@ -229,15 +229,6 @@ class SAMFamily(
         self._restore_stats()
         self._clear_grads()
 
-    def _owners(self) -> list[Tensor]:
-        """The parameters this update covers. One process: those with a gradient after the
-        clean pass. DDP: every parameter that requires a gradient, in group order, so the
-        list (and the buffers reduced over it) is the same on every rank even when ranks use
-        different parameters; a parameter without a gradient on a rank counts as zero there."""
-        if self._dist.kind == "ddp":
-            return [p for p in self._group_params() if p.requires_grad]
-        return [p for p in self._group_params() if p.grad is not None]
-
     def _begin(self, *, checked: bool = False) -> _Update:
         if not checked:  # step() has checked the groups already
             self._check_groups()
@@ -395,17 +386,6 @@ class SAMFamily(
             return True
         device = flags[-1].device
         return bool(self._dist.agree_all(torch.stack([f.to(device) for f in flags]).all()))
-
-    def _release_unused(self, u: _Update) -> None:
-        owned = {id(p) for p in u.owners}
-        for p in self._group_params():
-            if id(p) not in owned:
-                p.grad = None  # picked up in a later pass only: not part of this update
-        if self._dist.kind == "ddp":
-            # DDP leaves a parameter no rank used without a gradient; so do we
-            for p, used in zip(u.owners, u.present, strict=True):
-                if not used:
-                    p.grad = None
 
     # ------------------------------------------------------------------ descent, finish
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """The param groups a SAM-family optimizer shares with its base optimizer: the wrapper's keys
 (``rho``, ``rho_max``, ``adaptive``, ``eta``) filled in and checked in every group, at
 construction, in ``add_param_group`` and at every update (values a scheduler or a user set
-later are checked like the constructor's)."""
+later are checked like the constructor's); which of the groups' parameters an update covers,
+and the gradients of those it does not."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from ._args import GROUP_KEYS, check_group, check_params
+from ._update import _Update
 
 
 class ParamGroups:
@@ -66,3 +68,23 @@ class ParamGroups:
     def _clear_grads(self) -> None:
         for p in self._group_params():
             p.grad = None
+
+    def _owners(self) -> list[Tensor]:
+        """The parameters this update covers. One process: those with a gradient after the
+        clean pass. DDP: every parameter that requires a gradient, in group order, so the
+        list (and the buffers reduced over it) is the same on every rank even when ranks use
+        different parameters; a parameter without a gradient on a rank counts as zero there."""
+        if self._dist.kind == "ddp":
+            return [p for p in self._group_params() if p.requires_grad]
+        return [p for p in self._group_params() if p.grad is not None]
+
+    def _release_unused(self, u: _Update) -> None:
+        owned = {id(p) for p in u.owners}
+        for p in self._group_params():
+            if id(p) not in owned:
+                p.grad = None  # picked up in a later pass only: not part of this update
+        if self._dist.kind == "ddp":
+            # DDP leaves a parameter no rank used without a gradient; so do we
+            for p, used in zip(u.owners, u.present, strict=True):
+                if not used:
+                    p.grad = None
