@@ -1,8 +1,10 @@
-"""Nothing the optimizers need is captured at construction: a model moved or converted after the
-optimizer was built (``model.to(...)``, ``.double()``, ``module._apply``, what
-``accelerator.prepare`` does) replaces its buffer tensors but keeps its parameters, and training
-goes on; a skipped or abandoned update must still put back exactly the running statistics the
-model holds now, and everything else read from the model must be the model as it is now."""
+"""Normalisation running statistics around an update (``xsam.norm_stats``), read from the
+model as it is now. Nothing the optimizers need is captured at construction: a model moved or
+converted after the optimizer was built (``model.to(...)``, ``.double()``, ``module._apply``,
+what ``accelerator.prepare`` does) replaces its buffer tensors but keeps its parameters, and
+training goes on; a skipped or abandoned update must still put back exactly the running
+statistics the model holds now, and everything else read from the model must be the model as it
+is now."""
 
 from __future__ import annotations
 
