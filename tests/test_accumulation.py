@@ -1,10 +1,12 @@
-"""Accumulation that a framework hides is refused loudly by ``step(closure)``, which computes
-every gradient itself: gradients held on entry that differ from the clean pass's own (Lightning's
-``accumulate_grad_batches``, micro-batches summed by hand), and Accelerate's
-``gradient_accumulation_steps > 1`` (its wrapper never calls ``step()`` on the micro-batches
-that do not sync). A refused step changes nothing. A duplicate backward on the same batch only
-warns. The Hugging Face Trainer, which calls ``step()`` without a closure, is pointed to
-``SAMTrainer``. With the real frameworks, on the CPU."""
+"""Gradient accumulation and ``step(closure)``. Accumulation that a framework hides is refused
+loudly by ``step(closure)``, which computes every gradient itself: gradients held on entry that
+differ from the clean pass's own (Lightning's ``accumulate_grad_batches``, micro-batches summed
+by hand), and Accelerate's ``gradient_accumulation_steps > 1`` (its wrapper never calls
+``step()`` on the micro-batches that do not sync). A refused step changes nothing. A duplicate
+backward on the same batch only warns. The Hugging Face Trainer, which calls ``step()`` without
+a closure, is pointed to ``SAMTrainer``. With the real frameworks, on the CPU. And the update
+never accumulates across its own passes: a parameter outside the clean pass is not stepped, and
+probes that run backward leave no gradient behind."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from toy import closure_for, data, net
+from torch import nn
+from toy import DT, closure_for, data, net
 
 import xsam
 
@@ -245,3 +248,60 @@ def test_the_hf_trainer_with_the_plain_optimizer_is_pointed_to_sam_trainer(one_t
         warnings.simplefilter("ignore")
         with pytest.raises(RuntimeError, match=r"xsam\.integrations\.transformers\.SAMTrainer"):
             trainer.train()
+
+
+# --------------------------------------------- no accumulation across the update's passes
+class LateParam(nn.Module):
+    """``late`` is used only from the second pass of each update on."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(5, 3).to(DT)
+        self.late = nn.Parameter(torch.randn(3, dtype=DT))
+        self.calls = 0
+        self.seen: list[list[bool]] = []
+
+    def forward(self, x):
+        self.seen.append([p.grad is None for p in self.parameters()])
+        self.calls += 1
+        out = self.lin(x)
+        if self.calls % 100 != 1:
+            out = out + self.late
+        return out
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gradients_never_accumulate_across_passes(steps):
+    """A parameter without a gradient in the clean pass is outside the update: the gradients it
+    picks up in ascent passes are not summed into a step (k = 3 used to step it by 3x)."""
+    model = LateParam()
+    opt = xsam.SAM(model.parameters(), torch.optim.SGD, rho=0.1, steps=steps, lr=0.5)
+    x, y = data()
+    late0 = model.late.detach().clone()
+    model.calls = 0
+    opt.step(closure_for(model, x, y))
+    assert torch.equal(model.late.detach(), late0)
+    assert model.late.grad is None
+    assert all(all(row) for row in model.seen)  # every pass started with every grad None
+
+
+def test_gradient_enabled_probes_clear_every_gradient():
+    """A closure that calls backward() unconditionally makes probes run with gradients; no
+    parameter may keep what they leave behind."""
+    model = LateParam()
+    opt = xsam.XSAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.5, alpha_grid=[0.5, 1])
+
+    def closure():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    x, y = data()
+    late0 = model.late.detach().clone()
+    model.calls = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt.step(closure)
+    assert model.calls == 2 + 1 + 2  # 2 passes, a failed no-grad probe, 2 probes with grads
+    assert torch.equal(model.late.detach(), late0) and model.late.grad is None
