@@ -1,7 +1,7 @@
-"""LookSAM's reuse at its edges: a direction d parallel to the clean gradient g₀ leaves no
-vector (its orthogonal part is rounding noise), on the closure and the lower-level path alike;
-and a cheap step with the reuse term is formed in float32 and checked as the base optimizer
-will receive it (float16 parameters, a large gradient)."""
+"""LookSAM's reuse (``optim/_reuse.py``) at its edges: a direction d parallel to the clean
+gradient g₀ leaves no vector (its orthogonal part is rounding noise), on the closure and the
+lower-level path alike; and a cheap step with the reuse term is formed in float32 and checked as
+the base optimizer will receive it (float16 parameters, a large gradient)."""
 
 from __future__ import annotations
 
