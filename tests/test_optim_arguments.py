@@ -1,6 +1,8 @@
-"""Paths an outside review found broken: every skipped, abandoned or failed update must leave
-weights, optimizer state and normalisation statistics exactly as they were; gradients never
-accumulate across passes; copies, checkpoints and constructor keywords do what they say."""
+"""The optimizers' arguments: constructor keywords split between the wrapper and the base
+optimizer (an ambiguous keyword refused and ``base_kwargs`` resolving it, SAM refusing XSAM's
+settings), the types ρ accepts, per-group values checked at construction and again at step
+(eta with adaptive XSAM, values set after construction, a group added through the base
+optimizer), and parameters the update cannot handle (meta, complex) named."""
 
 from __future__ import annotations
 
