@@ -1,6 +1,7 @@
-"""Trainer defects, one test (or a few) each: skipped or abandoned updates that changed state,
-run folders whose leftovers were read as the new run's, options refused for optimizers that
-never use them, and resumes that accepted what they should refuse."""
+"""Run folders (``xsam.train.checkpoint``): a run started again with ``force`` or after a failed
+start deletes the earlier run's kept checkpoints and nothing else, ``clear_run_files`` deletes
+the run's own files only, and a comparison never shows an earlier comparison's results or
+plots (nor leaves them behind when it is interrupted)."""
 
 from __future__ import annotations
 
