@@ -1,17 +1,15 @@
-"""The command line's rough edges: resume keeps the saved config, a missing plotting backend is
-reported, results.md states the threads the runs used, xsam probe writes as it goes, and the
-data-not-found message fits what the user passed."""
+"""``xsam train`` at its edges: ``--resume`` continues the saved config (the same preset named
+again resets nothing), a refused resume suggests the safe way first, and the data-not-found
+message fits what the user passed."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from xsam.__main__ import main
 from xsam.data import DataError, load_dataset
-from xsam.train import compare as cmp
 from xsam.train import read_metrics
 
 TINY = ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--threads", "1"]
@@ -48,26 +46,6 @@ def test_resume_refusals_suggest_the_safe_way_first(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--out", str(out), "--resume", "--lr", "0.3")
     assert code == 2 and "lr: 0.05 -> 0.3" in err
     assert err.index("drop the changed flag") < err.index("--force")
-
-
-def test_results_md_states_the_threads_the_runs_used(capsys, tmp_path):
-    out = tmp_path / "cmp"
-    argv = ["compare", "--optimizers", "sgd", "--seeds", "0", "--epochs", "1", *TINY]
-    assert run(capsys, *argv, "--out", str(out), "--quiet")[0] == 0
-    text = (out / "results.md").read_text()
-    assert "- CPU threads per run: 1 (as each run recorded it)" in text
-    assert cmp.run_threads(cmp.load_runs(out)) == [1]
-
-
-def test_missing_matplotlib_is_reported(capsys, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    assert not cmp.plotting_available()
-    out = tmp_path / "cmp"
-    argv = ["compare", "--optimizers", "sgd", "--seeds", "0", "--epochs", "1", *TINY]
-    code, _, err = run(capsys, *argv, "--out", str(out), "--quiet")
-    assert code == 0 and "plots skipped: matplotlib is not installed" in err
-    assert "torch-xsam[plot]" in err and not (out / "test_acc.png").exists()
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
