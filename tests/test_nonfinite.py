@@ -5,35 +5,14 @@ bfloat16 autocast), and nothing non-finite reaches the base optimizer."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from toy import closure_for, data, net
+from toy import assert_same, closure_for, data, net, snapshot
 
 import xsam
-
-
-def snapshot(model, opt) -> dict:
-    """Everything a skipped update must leave untouched, cloned."""
-    base = opt.base_optimizer if isinstance(opt, xsam.SAMFamily) else opt
-    return {
-        "params": [p.detach().clone() for p in model.parameters()],
-        "buffers": [b.detach().clone() for b in model.buffers()],
-        "state": copy.deepcopy(base.state_dict()["state"]),
-    }
-
-
-def assert_same(a: dict, b: dict) -> None:
-    for x, y in zip(a["params"] + a["buffers"], b["params"] + b["buffers"], strict=True):
-        assert torch.equal(x, y)
-    assert a["state"].keys() == b["state"].keys()
-    for k in a["state"]:
-        for name, v in a["state"][k].items():
-            w = b["state"][k][name]
-            assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
 
 
 def all_finite(model, opt) -> bool:

@@ -12,30 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toy import DT, data, net
 
 import xsam
 
-DT = torch.float64
-
 
 # ---------------------------------------------------------------------------------- helpers
-def mlp(seed: int = 0, bn: bool = False, dropout: float = 0.0, dtype=DT) -> nn.Module:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = [nn.Linear(5, 7)]
-    if bn:
-        layers.append(nn.BatchNorm1d(7))
-    layers += [nn.Tanh()]
-    if dropout:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(7, 3))
-    return nn.Sequential(*layers).to(dtype)
-
-
-def batch(seed: int = 1, n: int = 16, dtype=DT):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 5, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
-
-
 def make_closure(model, x, y, counter: list | None = None, guard: bool = True):
     def closure():
         if counter is not None:
@@ -122,8 +104,8 @@ def descent_grad(opt, closure, params, loss_fn=None):
 # ---------------------------------------------------------------------------------- identities
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_alpha_one_is_k_step_sam_bitwise(k):
-    x, y = batch()
-    m1, m2 = mlp(), mlp()
+    x, y = data()
+    m1, m2 = net(), net()
     o1 = xsam.XSAM(
         m1.parameters(), torch.optim.SGD, rho=0.1, steps=k, alpha=1.0, lr=0.1, momentum=0.9
     )
@@ -139,8 +121,8 @@ def test_alpha_one_is_k_step_sam_bitwise(k):
 @pytest.mark.parametrize("cls", [xsam.XSAM, xsam.SAM])
 def test_rho_zero_is_base_optimizer_bitwise(cls):
     """Including dropout RNG: exactly one closure call, nothing perturbed."""
-    x, y = batch()
-    m1, m2 = mlp(dropout=0.3), mlp(dropout=0.3)
+    x, y = data()
+    m1, m2 = net(dropout=0.3), net(dropout=0.3)
     o1 = cls(m1.parameters(), torch.optim.AdamW, rho=0.0, lr=1e-2, weight_decay=0.1)
     o2 = torch.optim.AdamW(m2.parameters(), lr=1e-2, weight_decay=0.1)
     torch.manual_seed(5)
@@ -262,8 +244,8 @@ def test_alpha_search_tie_keeps_smallest_and_grid_is_sorted():
 
 
 def test_alpha_schedule_every_n_and_on_request():
-    x, y = batch()
-    m = mlp()
+    x, y = data()
+    m = net()
     opt = xsam.XSAM(m.parameters(), torch.optim.SGD, rho=0.1, alpha_every=3, lr=0.1)
     due = []
     for i in range(7):
@@ -286,8 +268,8 @@ def test_alpha_schedule_every_n_and_on_request():
 
 
 def test_probe_count_and_closure_calls():
-    x, y = batch()
-    m = mlp()
+    x, y = data()
+    m = net()
     calls: list = []
     opt = xsam.XSAM(m.parameters(), torch.optim.SGD, rho=0.1, steps=2, lr=0.1)
     opt.step(make_closure(m, x, y, calls))
@@ -300,8 +282,8 @@ def test_probe_count_and_closure_calls():
 
 
 def test_unguarded_closure_falls_back_with_same_result():
-    x, y = batch()
-    m1, m2 = mlp(), mlp()
+    x, y = data()
+    m1, m2 = net(), net()
     o1 = xsam.XSAM(m1.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9)
     o2 = xsam.XSAM(m2.parameters(), torch.optim.SGD, rho=0.2, lr=0.1, momentum=0.9)
     with pytest.warns(RuntimeWarning, match="is_grad_enabled"):
@@ -329,8 +311,8 @@ def test_search_needs_loss_fn_in_low_level_path():
 @pytest.mark.parametrize("alpha", ["auto", 0.5, 1.0])
 @pytest.mark.parametrize("k", [1, 2])
 def test_batchnorm_stats_only_from_clean_pass(alpha, k):
-    x, y = batch()
-    m = mlp(bn=True)
+    x, y = data()
+    m = net(bn=True)
     ref = copy.deepcopy(m)
     ref.train()
     with torch.no_grad():
@@ -346,8 +328,8 @@ def test_batchnorm_stats_only_from_clean_pass(alpha, k):
 
 def test_without_model_every_pass_updates_stats():
     """Documented behaviour without model=: each closure call counts (what davda54 does)."""
-    x, y = batch()
-    m = mlp(bn=True)
+    x, y = data()
+    m = net(bn=True)
     opt = xsam.SAM(m.parameters(), torch.optim.SGD, rho=0.1, steps=2, lr=0.1)
     opt.step(make_closure(m, x, y))
     assert int(m[1].num_batches_tracked) == 3
@@ -374,8 +356,8 @@ def test_instance_norm_with_tracking_is_restored():
 
 
 def test_frozen_norm_stats_output_unchanged_and_exception_safe():
-    x, _ = batch()
-    m = mlp(bn=True)
+    x, _ = data()
+    m = net(bn=True)
     m2 = copy.deepcopy(m)
     with xsam.frozen_norm_stats(m):
         out = m(x)
@@ -403,8 +385,8 @@ def _nan_on_call(model, x, y, bad_call: int, calls: list):
 @pytest.mark.parametrize("bad_call", [1, 2, 3])
 @pytest.mark.parametrize("cls", [xsam.XSAM, xsam.SAM])
 def test_non_finite_pass_skips_update_bit_identically(bad_call, cls):
-    x, y = batch()
-    m = mlp(bn=True)
+    x, y = data()
+    m = net(bn=True)
     opt = cls(m.parameters(), torch.optim.SGD, rho=0.1, steps=2, lr=0.1, momentum=0.9, model=m)
     opt.step(make_closure(m, x, y))  # build momentum state
     before = copy.deepcopy(m.state_dict())
@@ -427,8 +409,8 @@ def test_non_finite_pass_skips_update_bit_identically(bad_call, cls):
 
 
 def test_rho_zero_also_skips_non_finite():
-    x, y = batch()
-    m = mlp()
+    x, y = data()
+    m = net()
     opt = xsam.XSAM(m.parameters(), torch.optim.SGD, rho=0.0, lr=0.1)
     before = [p.clone() for p in m.parameters()]
     with pytest.warns(RuntimeWarning):
@@ -458,8 +440,8 @@ def test_zero_gradient_gives_no_nan(alpha, adaptive):
 
 
 def test_exception_in_closure_restores_theta0():
-    x, y = batch()
-    m = mlp()
+    x, y = data()
+    m = net()
     opt = xsam.XSAM(m.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
     before = [p.clone() for p in m.parameters()]
     calls: list = []
@@ -497,14 +479,14 @@ def test_exception_in_closure_restores_theta0():
     ],
 )
 def test_invalid_arguments_name_themselves(kwargs, name):
-    m = mlp()
+    m = net()
     with pytest.raises(ValueError, match=name) as info:
         xsam.XSAM(m.parameters(), torch.optim.SGD, lr=0.1, **kwargs)
     assert "\n" not in str(info.value)
 
 
 def test_bad_base_optimizer_and_collisions():
-    m = mlp()
+    m = net()
     with pytest.raises(TypeError, match="class"):
         xsam.SAM(m.parameters(), torch.optim.SGD(m.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="collide"):
@@ -517,8 +499,8 @@ def test_bad_base_optimizer_and_collisions():
 
 def test_wrapper_state_is_separate_from_base_state():
     """pytorch_optimizer #442: the wrapper's θ₀ buffers never land in the base's state."""
-    x, y = batch()
-    m = mlp()
+    x, y = data()
+    m = net()
     opt = xsam.XSAM(m.parameters(), torch.optim.Adam, rho=0.1, lr=1e-3)
     opt.step(make_closure(m, x, y))
     for st in opt.base_optimizer.state.values():
@@ -558,8 +540,8 @@ def test_param_groups_per_group_rho_and_lr():
 
 
 def test_add_param_group_and_params_without_grad():
-    x, y = batch()
-    m = mlp()
+    x, y = data()
+    m = net()
     frozen = nn.Parameter(torch.ones(3, dtype=DT))
     opt = xsam.XSAM(list(m[0].parameters()), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
     opt.add_param_group({"params": list(m[2].parameters()), "lr": 0.01, "rho": 0.05})
@@ -582,8 +564,8 @@ def test_add_param_group_and_params_without_grad():
 
 @pytest.mark.parametrize("attach", ["wrapper", "base"])
 def test_lr_scheduler_on_either_optimizer(attach):
-    x, y = batch()
-    m = mlp()
+    x, y = data()
+    m = net()
     opt = xsam.XSAM(m.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
     target = opt if attach == "wrapper" else opt.base_optimizer
     with warnings.catch_warnings():
@@ -608,11 +590,11 @@ def test_lr_scheduler_on_either_optimizer(attach):
     ],
 )
 def test_state_dict_round_trip_is_bit_exact(cls, kwargs):
-    x, y = batch()
-    xs = [batch(seed=s) for s in range(6)]
+    x, y = data()
+    xs = [data(seed=s) for s in range(6)]
 
     def build():
-        m = mlp(bn=True)
+        m = net(bn=True)
         o = cls(
             m.parameters(),
             torch.optim.SGD,
@@ -653,7 +635,7 @@ def test_state_dict_round_trip_is_bit_exact(cls, kwargs):
 
 
 def test_load_state_dict_rejects_foreign_state():
-    m = mlp()
+    m = net()
     opt = xsam.XSAM(m.parameters(), torch.optim.SGD, lr=0.1)
     with pytest.raises(ValueError, match="sam_family"):
         opt.load_state_dict(torch.optim.SGD(m.parameters(), lr=0.1).state_dict())
@@ -662,8 +644,8 @@ def test_load_state_dict_rejects_foreign_state():
 
 
 def test_low_level_path_equals_closure_path():
-    x, y = batch()
-    m1, m2 = mlp(), mlp()
+    x, y = data()
+    m1, m2 = net(), net()
     kw = dict(rho=0.2, steps=2, lr=0.1, momentum=0.9)
     o1 = xsam.XSAM(m1.parameters(), torch.optim.SGD, **kw)
     o2 = xsam.XSAM(m2.parameters(), torch.optim.SGD, **kw)
@@ -684,8 +666,8 @@ def test_low_level_path_equals_closure_path():
 
 def test_gradient_accumulation_in_closure_equals_full_batch():
     """Micro-batches accumulated inside the closure give the full-batch update."""
-    x, y = batch(n=16)
-    m1, m2 = mlp(), mlp()
+    x, y = data(n=16)
+    m1, m2 = net(), net()
     o1 = xsam.XSAM(m1.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
     o2 = xsam.XSAM(m2.parameters(), torch.optim.SGD, rho=0.2, lr=0.1)
 
@@ -743,8 +725,8 @@ def _amp_update(opt, model, scaler, x, y, nan_pass=None):
 
 
 def test_grad_scaler_path_matches_unscaled_and_skips_on_overflow():
-    x, y = batch(dtype=torch.float32)
-    m1, m2 = mlp(dtype=torch.float32), mlp(dtype=torch.float32)
+    x, y = data(dtype=torch.float32)
+    m1, m2 = net(dtype=torch.float32), net(dtype=torch.float32)
     kw = dict(rho=0.1, steps=2, lr=0.1, momentum=0.9)
     o1 = xsam.XSAM(m1.parameters(), torch.optim.SGD, **kw)
     o2 = xsam.XSAM(m2.parameters(), torch.optim.SGD, **kw)
@@ -772,7 +754,7 @@ def test_sync_batchnorm_stats_only_from_clean_pass():
     """SyncBatchNorm is a _BatchNorm: frozen the same way (single process, CPU)."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(5, 7), nn.SyncBatchNorm(7), nn.Tanh(), nn.Linear(7, 3)).to(DT)
-    x, y = batch()
+    x, y = data()
     ref = copy.deepcopy(m)
     with torch.no_grad():
         ref(x)

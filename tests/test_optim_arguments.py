@@ -6,35 +6,13 @@ optimizer), and parameters the update cannot handle (meta, complex) named."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from toy import closure_for, data, net
+from toy import assert_same, closure_for, data, net, snapshot
 
 import xsam
-
-
-def snapshot(model, opt) -> dict:
-    """Everything a skipped update must leave untouched, cloned."""
-    base = opt.base_optimizer if isinstance(opt, xsam.SAMFamily) else opt
-    return {
-        "params": [p.detach().clone() for p in model.parameters()],
-        "buffers": [b.detach().clone() for b in model.buffers()],
-        "state": copy.deepcopy(base.state_dict()["state"]),
-    }
-
-
-def assert_same(a: dict, b: dict) -> None:
-    for x, y in zip(a["params"] + a["buffers"], b["params"] + b["buffers"], strict=True):
-        assert torch.equal(x, y)
-    assert a["state"].keys() == b["state"].keys()
-    for k in a["state"]:
-        for name, v in a["state"][k].items():
-            w = b["state"][k][name]
-            assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
 
 
 def test_adaptive_xsam_refuses_eta_zero_in_any_group():

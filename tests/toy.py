@@ -1,21 +1,31 @@
-"""A small float64 classifier, its data and its closure: shared by the optimizer test files."""
+"""The optimizer tests' shared toy: a small float64 classifier, its data and its closure, and a
+snapshot of everything a skipped or abandoned update must leave untouched."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import xsam
+
 DT = torch.float64
 
 
-def net(seed: int = 0, bn: bool = False, dtype=DT) -> nn.Sequential:
-    """Linear 5→7, optional BatchNorm, tanh, linear 7→3; initialised from ``seed``."""
+def net(seed: int = 0, bn: bool = False, dtype=DT, dropout: float = 0.0) -> nn.Sequential:
+    """Linear 5→7, optional BatchNorm, tanh, optional dropout, linear 7→3; initialised from
+    ``seed`` (BatchNorm and dropout hold no random initial values: the linear layers are the
+    same with or without them)."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Linear(5, 7)]
     if bn:
         layers.append(nn.BatchNorm1d(7))
-    layers += [nn.Tanh(), nn.Linear(7, 3)]
+    layers += [nn.Tanh()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(7, 3))
     return nn.Sequential(*layers).to(dtype)
 
 
@@ -35,3 +45,25 @@ def closure_for(model, x, y):
         return loss
 
     return closure
+
+
+def snapshot(model, opt) -> dict:
+    """Everything a skipped update must leave untouched, cloned: the weights, the buffers and
+    the base optimizer's state."""
+    base = opt.base_optimizer if isinstance(opt, xsam.SAMFamily) else opt
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "buffers": [b.detach().clone() for b in model.buffers()],
+        "state": copy.deepcopy(base.state_dict()["state"]),
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    """Two snapshots are equal bit for bit."""
+    for x, y in zip(a["params"] + a["buffers"], b["params"] + b["buffers"], strict=True):
+        assert torch.equal(x, y)
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for name, v in a["state"][k].items():
+            w = b["state"][k][name]
+            assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
