@@ -8,16 +8,10 @@ import math
 import re
 
 import pytest
+from toy_run import tiny
 
 from xsam.train import ConfigError, TrainConfig, train, without_times
 from xsam.train.config import unused_fields
-
-# 256 training and 128 test images of the embedded sample, batch 64: 4 updates per epoch.
-TINY = dict(limit_train=256, limit_test=128, batch_size=64, epochs=1, threads=1)
-
-
-def tiny(**kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, **kw})
 
 
 @pytest.mark.parametrize(

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_run import tiny
 
-from xsam.train import TrainConfig, load_checkpoint, train
-
-# 256 training and 128 test images of the embedded sample, batch 64: 4 updates per epoch.
-TINY = dict(limit_train=256, limit_test=128, batch_size=64, epochs=1, threads=1)
-
-
-def tiny(**kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, **kw})
+from xsam.train import load_checkpoint, train
 
 
 def names(folder) -> list[str]:

@@ -6,61 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_run import CPU, config, ids, state_of, synthetic
 
-from xsam.data import BatchLoader, ImageDataset
-from xsam.train import ConfigError, TrainConfig
+from xsam.train import ConfigError
 from xsam.train.loop import VAL_SEED, balanced_subset, make_loaders, select_examples
 from xsam.train.ranks import Ranks
-from xsam.train.state import LRSchedule, RunState, build_run_state, lr_factor
-
-CPU = torch.device("cpu")
-
-
-def synthetic(n_train: int = 200, n_test: int = 50) -> ImageDataset:
-    """28×28 one-channel images whose first two pixels spell the example's index."""
-
-    def images(n: int, offset: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(offset)
-        x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
-        ids = torch.arange(offset, offset + n)
-        x[:, 0, 0, 0], x[:, 0, 0, 1] = (ids % 256).to(torch.uint8), (ids // 256).to(torch.uint8)
-        return x
-
-    return ImageDataset(
-        name="synthetic",
-        train_x=images(n_train, 0),
-        train_y=torch.arange(n_train) % 10,
-        test_x=images(n_test, 10_000),
-        test_y=torch.arange(n_test) % 10,
-        num_classes=10,
-        mean=(0.5,),
-        std=(0.25,),
-    )
-
-
-def ids(x: torch.Tensor) -> list[int]:
-    return (x[:, 0, 0, 0].long() + 256 * x[:, 0, 0, 1].long()).tolist()
-
-
-def config(**kw) -> TrainConfig:
-    base = dict(batch_size=32, epochs=3, threads=1, augment="crop2+flip", device="cpu")
-    return TrainConfig(**{**base, **kw}).validated()
-
-
-def state_of(cfg: TrainConfig, data: ImageDataset | None = None) -> tuple[RunState, BatchLoader]:
-    """A fresh run state on the synthetic data, and its test loader."""
-    data = data or synthetic()
-    run = make_loaders(cfg, data, select_examples(cfg, data), CPU, Ranks())
-    state = build_run_state(
-        cfg,
-        run.train,
-        num_classes=10,
-        image_shape=(1, 28, 28),
-        data_fingerprint=run.fingerprint,
-        device=CPU,
-        ranks=Ranks(),
-    )
-    return state, run.test
+from xsam.train.state import LRSchedule, lr_factor
 
 
 def test_select_examples_gives_the_documented_split_sizes():
