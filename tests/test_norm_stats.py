@@ -15,7 +15,7 @@ from toy import closure_for, data, net
 
 import xsam
 from xsam.analysis.vectors import FlatModel
-from xsam.policies import NormStatsSnapshot
+from xsam.norm_stats import NormStatsSnapshot
 
 MOVES = {
     "double": lambda m: m.double(),
@@ -170,3 +170,32 @@ def test_cuda_a_model_moved_to_the_gpu_after_construction_keeps_its_statistics_o
     with pytest.warns(RuntimeWarning, match="update skipped"):
         opt.step(nan_loss)
     assert identical(stats(model), before)
+
+
+def test_the_old_module_name_is_an_alias():
+    """``xsam.policies`` (the module's former name) re-exports ``xsam.norm_stats``: the same
+    objects, reachable after ``import xsam`` alone, and a pickle that names the old module
+    loads as the new class."""
+    import pickle
+    import subprocess
+    import sys
+
+    import xsam.norm_stats
+    import xsam.policies
+
+    assert xsam.policies.__all__ == xsam.norm_stats.__all__
+    for name in xsam.norm_stats.__all__:
+        assert getattr(xsam.policies, name) is getattr(xsam.norm_stats, name)
+    assert xsam.frozen_norm_stats is xsam.norm_stats.frozen_norm_stats
+    code = (
+        "import xsam; assert xsam.norm_stats.frozen_norm_stats is xsam.policies.frozen_norm_stats"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    model = net(bn=True)
+    snap = NormStatsSnapshot(model)
+    snap.save()
+    old = pickle.dumps(snap, protocol=2)  # protocol 2 names classes as text: "module\nname"
+    assert b"xsam.norm_stats\nNormStatsSnapshot" in old
+    loaded = pickle.loads(old.replace(b"xsam.norm_stats\n", b"xsam.policies\n"))
+    assert type(loaded) is NormStatsSnapshot and len(loaded) == len(snap)
+    assert identical(loaded._copies, snap._copies)

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .norm_stats import frozen_norm_stats
     from .optim import (
         DEFAULT_ALPHA_GRID,
         SAM,
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
         clip_direction_norm,
         slerp_coefficients,
     )
-    from .policies import frozen_norm_stats
 
 __version__ = "0.1.0"
 
@@ -45,13 +45,13 @@ _WHERE = {
     "DEFAULT_ALPHA_GRID": "optim",
     "slerp_coefficients": "optim",
     "clip_direction_norm": "optim",
-    "frozen_norm_stats": "policies",
+    "frozen_norm_stats": "norm_stats",
 }
 """Where each public name is defined (the submodule of this package)."""
 
 
-_SUBPACKAGES = ("analysis", "data", "distributed", "integrations", "models", "optim",
-                "policies", "train")  # fmt: skip
+_SUBPACKAGES = ("analysis", "data", "distributed", "integrations", "models", "norm_stats",
+                "optim", "policies", "train")  # fmt: skip
 """Reachable as attributes after ``import xsam`` alone (``xsam.optim``), as before."""
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..policies import frozen_norm_stats
+from ..norm_stats import frozen_norm_stats
 
 __all__ = [
     "EPS",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..policies import NormStatsSnapshot
+from ..norm_stats import NormStatsSnapshot
 from .state import RunState
 
 __all__ = [
