@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from toy import closure_for, data, net
+from toy import closure_for, data, lower_level_step, net
 
 import xsam
 from xsam import PerturbationSchedule as Sched
@@ -25,24 +24,6 @@ PARALLEL = {
     "sam-rho-0": ("SAM", dict(rho=0.0)),
     "xsam-rho-0": ("XSAM", dict(rho=0.0, alpha=0.5)),
 }
-
-
-def lower_level_step(model, opt, x, y):
-    full = opt.perturb_due
-    opt.zero_grad()
-    with opt.clean_pass():
-        F.cross_entropy(model(x), y).backward()
-    if full:
-        for _ in range(opt.steps):
-            opt.ascent_step()
-            with opt.perturbed_pass():
-                F.cross_entropy(model(x), y).backward()
-
-    def probe():
-        with torch.no_grad():
-            return F.cross_entropy(model(x), y)
-
-    return opt.descent_step(loss_fn=probe)
 
 
 def make(cls, model, schedule, **kw):

@@ -14,30 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from toy import closure_for, data, net
+from toy import closure_for, data, lower_level_step, net
 
 import xsam
 from xsam import PerturbationSchedule as Sched
-
-
-def lower_level_step(model, opt, x, y, scaler=None):
-    """The documented lower-level loop: ask perturb_due before the clean pass."""
-    scale = scaler.scale if scaler is not None else (lambda t: t)
-    full = opt.perturb_due
-    opt.zero_grad()
-    with opt.clean_pass():
-        scale(F.cross_entropy(model(x), y)).backward()
-    if full:
-        for _ in range(opt.steps):
-            opt.ascent_step()
-            with opt.perturbed_pass():
-                scale(F.cross_entropy(model(x), y)).backward()
-
-    def probe():
-        with torch.no_grad():
-            return F.cross_entropy(model(x), y)
-
-    return opt.descent_step(loss_fn=probe, scaler=scaler)
 
 
 def flat(model) -> torch.Tensor:

@@ -67,3 +67,25 @@ def assert_same(a: dict, b: dict) -> None:
         for name, v in a["state"][k].items():
             w = b["state"][k][name]
             assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
+
+
+def lower_level_step(model, opt, x, y, scaler=None):
+    """The documented lower-level loop on cross-entropy: ask ``perturb_due`` before the clean
+    pass, one ascent per inner step, and a descent with a no-grad probe; returns whether the
+    update was applied (``scaler.update()`` is the caller's)."""
+    scale = scaler.scale if scaler is not None else (lambda t: t)
+    full = opt.perturb_due
+    opt.zero_grad()
+    with opt.clean_pass():
+        scale(F.cross_entropy(model(x), y)).backward()
+    if full:
+        for _ in range(opt.steps):
+            opt.ascent_step()
+            with opt.perturbed_pass():
+                scale(F.cross_entropy(model(x), y)).backward()
+
+    def probe():
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y)
+
+    return opt.descent_step(loss_fn=probe, scaler=scaler)
