@@ -33,7 +33,7 @@ from reference import (
     reference_reuse_vector,
     reference_update,
 )
-from toy import data, net
+from toy import data, net, same
 
 import xsam
 from xsam.optim import _kernels as kernels
@@ -125,17 +125,6 @@ def reference_run(cell) -> list[torch.Tensor]:
         parallel = cls == "XSAM" and (ref["alpha"] == 0.0 or math.sin(ref["psi"]) < 1e-8)
         v = reference_reuse_vector(d, g0, parallel=parallel)
     return [t.detach() for t in twin.state_dict().values()]
-
-
-def same(a, b) -> bool:
-    """Exact equality of nested state_dict structures."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def ids(cell) -> str:

@@ -46,6 +46,7 @@ from reference import (  # noqa: E402
     reference_reuse_vector,
     reference_update,
 )
+from toy import same  # noqa: E402
 
 DTYPES = {
     "f64": (torch.float64, torch.float64),
@@ -238,17 +239,6 @@ def tensors_of(model: Net, opt: xsam.SAMFamily) -> list[torch.Tensor]:
     for p in model.parameters():
         out += [v.clone() for v in state.get(p, {}).values() if isinstance(v, torch.Tensor)]
     return out
-
-
-def same(a, b) -> bool:
-    """Exact equality of nested state_dict structures (NaN-free by property 1)."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def reference_weights(case: Case, x, y) -> list[torch.Tensor]:

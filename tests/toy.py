@@ -89,3 +89,15 @@ def lower_level_step(model, opt, x, y, scaler=None):
             return F.cross_entropy(model(x), y)
 
     return opt.descent_step(loss_fn=probe, scaler=scaler)
+
+
+def same(a, b) -> bool:
+    """Exact equality of nested state_dict structures: tensors bit for bit with equal dtypes,
+    through dicts, lists and tuples (a NaN is unequal to itself)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
