@@ -9,7 +9,7 @@ raises before anything is changed.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -107,18 +107,18 @@ def check_update_params(
     owner: str,
     owners: list[Tensor],
     where: Mapping[int, tuple[Any, int, int]],
-    names: Mapping[int, str],
+    names: Callable[[], Mapping[int, str]],
 ) -> list[Tensor]:
     """The local data of the parameters one update covers, refusing sparse gradients, meta
     parameters and parameters on several devices (``where``: id -> (group, its index, the
-    parameter's index in it))."""
+    parameter's index in it); ``names``: id -> name, called only to word an error)."""
     for p in owners:
         if p.grad is not None and p.grad.is_sparse:
             raise ValueError("sparse gradients are not supported")
         if p.is_meta:
             _, gi, pi = where[id(p)]
             raise RuntimeError(
-                f"{describe_param(p, names, gi, pi)} is on the meta device "
+                f"{describe_param(p, names(), gi, pi)} is on the meta device "
                 "and has no values; materialise the model (e.g. module.to_empty(device=...) "
                 "and reset its parameters) before stepping"
             )

@@ -238,7 +238,7 @@ class SAMFamily(
             for gi, group in enumerate(self.param_groups)
             for pi, p in enumerate(group["params"])
         }
-        params = check_update_params(type(self).__name__, owners, where, self._param_names())
+        params = check_update_params(type(self).__name__, owners, where, self._param_names)
         theta0 = param_buffers(self.state, owners, params, "theta0")
         if params:
             torch._foreach_copy_(theta0, params)
