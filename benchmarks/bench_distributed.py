@@ -34,7 +34,7 @@ from torch import nn
 
 import xsam
 from xsam.models import build_model
-from xsam.train.ranks import close_process_group
+from xsam.train.process_group import close_process_group
 
 _REAL_ALL_REDUCE = dist.all_reduce  # the comm hook uses this, so it is not counted twice
 

@@ -24,7 +24,7 @@ from torch import nn
 from toy import closure_for as _closure
 
 import xsam
-from xsam.train.ranks import close_process_group
+from xsam.train.process_group import close_process_group
 
 DT = torch.float64
 WORLD = 2

@@ -10,7 +10,7 @@ from toy_run import CPU, config, ids, state_of, synthetic
 
 from xsam.train import ConfigError
 from xsam.train.loop import VAL_SEED, balanced_subset, make_loaders, select_examples
-from xsam.train.ranks import Ranks
+from xsam.train.process_group import Ranks
 from xsam.train.state import LRSchedule, lr_factor
 
 
@@ -63,3 +63,14 @@ def test_lr_schedule_sets_every_group():
         "warmup_steps": 0,
         "base_lrs": [1.0, 2.0],
     }
+
+
+def test_ranks_alias_reexports_process_group():
+    """``xsam.train.ranks`` (the module's former name) re-exports ``xsam.train.process_group``:
+    the same objects under the same names."""
+    import xsam.train.process_group as process_group
+    import xsam.train.ranks as ranks
+
+    assert ranks.__all__ == process_group.__all__
+    for name in process_group.__all__:
+        assert getattr(ranks, name) is getattr(process_group, name)

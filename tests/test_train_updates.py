@@ -18,7 +18,7 @@ from toy_run import CPU, config, same, state_of, tiny
 import xsam
 from xsam.train import load_checkpoint, train
 from xsam.train.epoch import EpochTotals
-from xsam.train.ranks import Ranks
+from xsam.train.process_group import Ranks
 from xsam.train.state import RunState
 from xsam.train.updates import (
     PlainUpdate,

@@ -12,7 +12,7 @@ import torch
 from xsam.data import BatchLoader, ImageDataset
 from xsam.train import TrainConfig
 from xsam.train.loop import make_loaders, select_examples
-from xsam.train.ranks import Ranks
+from xsam.train.process_group import Ranks
 from xsam.train.state import RunState, build_run_state
 
 CPU = torch.device("cpu")

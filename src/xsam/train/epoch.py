@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import BatchLoader
-from .ranks import Ranks
+from .process_group import Ranks
 from .state import RunState
 from .updates import STAT_KEYS, Update, UpdateResult
 

@@ -53,7 +53,7 @@ from .checkpoint import (
 )
 from .config import RESUME_FREE_KEYS, RESUME_HOW, ConfigError, TrainConfig, resume_diff
 from .epoch import EpochTotals, batches_done, epoch_line, evaluate, run_epoch
-from .ranks import Ranks, close_process_group, init_ranks
+from .process_group import Ranks, close_process_group, init_ranks
 from .state import RunState, build_optimizer, build_run_state, lr_factor
 from .updates import make_autocast, make_update
 

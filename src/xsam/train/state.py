@@ -25,7 +25,7 @@ from ..models import build_model
 from ..models.vit import decay_groups
 from .checkpoint import CHECKPOINT, get_rng_state, set_rng_state
 from .config import ConfigError, TrainConfig, resume_diff, unused_fields
-from .ranks import Ranks
+from .process_group import Ranks
 
 __all__ = [
     "LRSchedule",
