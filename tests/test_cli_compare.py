@@ -35,3 +35,13 @@ def test_missing_matplotlib_is_reported(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, *argv, "--out", str(out), "--quiet")
     assert code == 0 and "plots skipped: matplotlib is not installed" in err
     assert "torch-xsam[plot]" in err and not (out / "test_acc.png").exists()
+
+
+def test_plot_names_are_reexported_from_compare_report_and_compare():
+    """The plots live in ``compare_plots``; ``compare_report`` and ``compare`` re-export the
+    same objects (and ``mean_std`` from ``stats``), so imports from either keep working."""
+    from xsam.train import compare_plots, compare_report, stats
+
+    for name in ("PLOTS_SKIPPED", "plot_runs", "plotting_available"):
+        assert getattr(cmp, name) is getattr(compare_report, name) is getattr(compare_plots, name)
+    assert cmp.mean_std is compare_report.mean_std is stats.mean_std

@@ -1,5 +1,6 @@
 """Reporting a comparison: its runs read back, statistics per variant and per pair, the
-markdown table, ``results.md`` / ``results.json`` and the plots.
+markdown table, ``results.md`` / ``results.json``; the plots are drawn by
+:mod:`xsam.train.compare_plots` (re-exported here).
 
 :func:`load_runs` reads the runs of a comparison folder (from ``compare.json``);
 :func:`aggregate` gives one :class:`VariantRow` per variant (mean ± sample std over seeds),
@@ -23,10 +24,11 @@ from typing import Any, TypedDict
 import torch
 
 from .checkpoint import CONFIG, RUN_INFO, atomic_write_text, read_metrics, run_status
-from .compare_plan import MANIFEST, PLOT_ACC, PLOT_ALPHA, RESULTS_JSON, RESULTS_MD
+from .compare_plan import MANIFEST, RESULTS_JSON, RESULTS_MD
+from .compare_plots import PLOTS_SKIPPED, plot_runs, plotting_available
 from .compare_run import FailedRun, cpu_count
 from .config import ConfigError, TrainConfig
-from .stats import MINUS, format_points, paired_difference, verdict, verdict_line
+from .stats import MINUS, format_points, mean_std, paired_difference, verdict, verdict_line
 
 __all__ = [
     "PLOTS_SKIPPED",
@@ -353,17 +355,6 @@ def _json_or_none(path: Path) -> Any:
         return None
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``n − 1`` in the denominator; 0 for one value)."""
-    if not values:
-        return math.nan, math.nan
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
 def aggregate(runs: Sequence[RunRecord]) -> list[VariantRow]:
     """One :class:`VariantRow` per variant label (in first-seen order) over its complete
     runs: ``n``, ``final_acc`` / ``best_acc`` / ``wall_s`` / ``alpha`` as ``(mean, std)``, and
@@ -469,21 +460,6 @@ def _threads_line(runs: Sequence[RunRecord]) -> str:
     return f"- CPU threads per run: {text} (as each run recorded it)\n"
 
 
-PLOTS_SKIPPED = (
-    "plots skipped: matplotlib is not installed (pip install 'torch-xsam[plot]', or "
-    "pip install matplotlib, then rerun the command: finished runs are not trained again)"
-)
-
-
-def plotting_available() -> bool:
-    """Whether matplotlib can be imported (the plots need it; everything else does not)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def results_markdown(
     base: TrainConfig,
     seeds: Sequence[int],
@@ -538,76 +514,3 @@ def _failures_section(failed: Sequence[FailedRun]) -> str:
         return ""
     lines = "".join(f"- {f['label']} seed {f['seed']} ({f['dir']}): {f['error']}\n" for f in failed)
     return f"## Failed runs\n\n{lines}\n"
-
-
-# ---------------------------------------------------------------------- plots
-def _series(runs: Sequence[RunRecord], label: str, key: str, scale: float = 1.0):
-    curves = [
-        [scale * m[key] if m.get(key) is not None else math.nan for m in r["metrics"]]
-        for r in runs
-        if r["label"] == label and r["metrics"]
-    ]
-    if not curves:
-        return None
-    length = min(len(c) for c in curves)
-    epochs = list(range(1, length + 1))
-    stats = [mean_std([c[i] for c in curves]) for i in range(length)]
-    return epochs, [s[0] for s in stats], [s[1] for s in stats]
-
-
-PLOTS = (
-    ("test_acc", 100.0, "test accuracy (%)", PLOT_ACC),
-    ("alpha", 1.0, "α in use at the end of the epoch", PLOT_ALPHA),
-)
-"""The plots of a comparison: the metric, its scale, the y label and the file."""
-
-
-def plot_runs(runs: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
-    """``test_acc.png`` (test accuracy per epoch, mean and ±1 std band per variant) and, when a
-    run logged α, ``alpha.png`` (α per epoch). Returns the files written (none without
-    matplotlib)."""
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-    except ImportError:
-        return []
-    written = []
-    for key, scale, ylabel, name in PLOTS:
-        fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-        ax = fig.add_subplot()
-        if not _draw_curves(ax, runs, key, scale):
-            continue
-        ax.set_title(_seeds_title(runs), fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        path = Path(out_dir) / name
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
-        written.append(path)
-    return written
-
-
-def _draw_curves(ax: Any, runs: Sequence[RunRecord], key: str, scale: float) -> bool:
-    """One mean curve (and ±1 std band) per variant; whether any was drawn."""
-    drawn = False
-    for label in dict.fromkeys(r["label"] for r in runs):
-        s = _series(runs, label, key, scale)
-        if s is None or all(math.isnan(v) for v in s[1]):
-            continue
-        epochs, mean, std = s
-        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
-        if any(v > 0 for v in std):
-            lo = [m - d for m, d in zip(mean, std)]
-            hi = [m + d for m, d in zip(mean, std)]
-            ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        drawn = True
-    return drawn
-
-
-def _seeds_title(runs: Sequence[RunRecord]) -> str:
-    seeds = sorted({r["seed"] for r in runs})
-    if len(seeds) == 1:
-        return f"seed {seeds[0]}"
-    return f"mean ± std over seeds {', '.join(map(str, seeds))}"

@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "CONFIDENCE",
     "format_points",
+    "mean_std",
     "normal_quantile",
     "paired_difference",
     "t_cdf",
@@ -95,6 +96,18 @@ def t_quantile(p: float, df: float) -> float:
 def normal_quantile(p: float) -> float:
     """The ``p`` quantile of the standard normal distribution (the limit ``df → ∞``)."""
     return t_quantile(p, math.inf)
+
+
+# ---------------------------------------------------------------------- summaries
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n − 1`` in the denominator; 0 for one value)."""
+    if not values:
+        return math.nan, math.nan
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 # ---------------------------------------------------------------------- paired differences
