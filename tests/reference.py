@@ -193,6 +193,11 @@ def _ascend(params, loss_fn, g0, rho_vec, k, T, eps, bn_modules) -> torch.Tensor
     return g
 
 
+def _scaled(displacement, T):
+    """T⁻¹·δ (ASAM's coordinates), δ itself without T."""
+    return displacement / T if T is not None else displacement
+
+
 def _angle(displacement, g_k, T, eps):
     """§3 step 3: v₀ (the ascent displacement's unit vector), v₁ (g_k's), ‖g_k‖ and
     ψ = arccos(clamp(⟨v₀,v₁⟩,−1,1)), in ASAM's transformed coordinates when T is given."""
@@ -211,7 +216,7 @@ def _angle(displacement, g_k, T, eps):
 
 _RESULT_KEYS = (
     "loss0", "alpha", "psi", "d", "probe_losses", "g0_norm", "gk_norm", "gk_tnorm",
-    "theta_k", "v0", "v1", "alpha_grid",
+    "theta_k", "v0", "v1", "alpha_grid", "displacement_coef",
 )  # fmt: skip
 
 
@@ -310,7 +315,9 @@ def reference_update(
         theta_k_list = _spread([p.detach().clone() for p in params], active, len(all_params))
         d_list = finish(g0.clone())
         n0 = float(g0_norm)
-        return _result(loss0, alpha, 0.0, d_list, None, n0, n0, n0, theta_k_list, None, None, grid)
+        return _result(
+            loss0, alpha, 0.0, d_list, None, n0, n0, n0, theta_k_list, None, None, grid, 0.0
+        )  # fmt: skip
 
     # per-element ρ and ρ_max (each element carries its group's value)
     rho_vec = _per_element(rhos, [all_params[i] for i in active], [group_of[i] for i in active], g0)
@@ -348,9 +355,13 @@ def reference_update(
         alpha_star = float(alpha)
 
     # ---- §3 step 6: d = ‖g_k‖·v(α*) (α* = 1 exactly: d = g_k, k-step SAM) -----------------
+    coef = 0.0  # d's coefficient on T⁻¹(θ_k − θ₀): the displacement's rounding enters d
     if alpha_star == 1.0:
         d = g_k.clone()
     else:
+        if float(sin_psi) >= SIN_PSI_MIN:
+            a = torch.sin((1.0 - alpha_star) * psi) / sin_psi
+            coef = float(gk_tnorm * a.abs() / (_norm(_scaled(theta_k - theta0, T)) + eps))
         d_t = gk_tnorm * v_of(alpha_star)
         d = d_t / T if adaptive else d_t  # ASAM: d = T⁻¹(‖T g_k‖·ṽ(α*))
 
@@ -360,7 +371,7 @@ def reference_update(
 
     return _result(
         loss0, alpha_star, float(psi), d_list, probe_losses, float(g0_norm),
-        float(_norm(g_k)), float(gk_tnorm), theta_k_list, v0, v1, grid,
+        float(_norm(g_k)), float(gk_tnorm), theta_k_list, v0, v1, grid, coef,
     )  # fmt: skip
 
 
@@ -394,20 +405,44 @@ def reference_sam_update(
 # --------------------------------------------------------------------------------------------
 # perturbation schedules with LookSAM's reuse (docs/schedules.md)
 # --------------------------------------------------------------------------------------------
-REUSE_NOISE = 16.0  # a remainder below this many ε·‖d‖ is rounding noise: no vector
+REUSE_NOISE = 16.0  # a remainder below this many ε·(‖d‖ + carried) is rounding noise
+
+
+def displacement_rounding(
+    theta0: torch.Tensor,
+    rho: torch.Tensor,
+    coef: float,
+    steps: int,
+    T: torch.Tensor | None = None,
+) -> float:
+    """The rounding (in units of ε) that XSAM's d carries from the displacement θ_k − θ₀,
+    recovered by a subtraction: each of the ``steps`` ascent steps rounds θ by up to ε·|θ₀|, and
+    d holds T⁻¹δ with coefficient ``coef`` (:func:`reference_update`'s ``displacement_coef``),
+    so k·|coef|·‖θ₀/T²‖ over the entries that moved (``rho`` > 0, flat like ``theta0``)."""
+    moved = theta0[rho != 0]
+    if T is not None:
+        moved = moved / T[rho != 0] ** 2
+    return steps * abs(coef) * float(_norm(moved))
 
 
 def reference_reuse_vector(
-    d: torch.Tensor, g0: torch.Tensor, *, parallel: bool, eps: float = 1e-12
+    d: torch.Tensor,
+    g0: torch.Tensor,
+    *,
+    parallel: bool,
+    carried: float = 0.0,
+    eps: float = 1e-12,
 ) -> torch.Tensor | None:
     """LookSAM's reused vector after a full update, from the flat direction ``d`` and clean
     gradient ``g0``: the unit vector of ``r = d − (⟨d,g₀⟩/‖g₀‖²)·g₀``, or None (no vector) when
-    ``d`` is g₀'s direction in exact arithmetic (``parallel``) or ‖r‖ ≤ 16·ε_dtype·‖d‖."""
+    ``d`` is g₀'s direction in exact arithmetic (``parallel``) or
+    ‖r‖ ≤ 16·ε_dtype·(‖d‖ + ``carried``), ``carried`` the rounding d brings from how it was
+    formed (:func:`displacement_rounding` for XSAM; 0 for SAM, whose d is g_k)."""
     if parallel:
         return None
     sq = torch.dot(g0, g0)
     r = d - (torch.dot(d, g0) / sq) * g0 if float(sq) > 0 else d.clone()
-    if float(_norm(r)) <= REUSE_NOISE * torch.finfo(d.dtype).eps * float(_norm(d)):
+    if float(_norm(r)) <= REUSE_NOISE * torch.finfo(d.dtype).eps * (float(_norm(d)) + carried):
         return None
     return r / (_norm(r) + eps)
 

@@ -70,11 +70,14 @@ def orthogonal_unit_(
     dtype: torch.dtype,
     reduce: ReduceFn | None = None,
     average: Callable[[list[Tensor]], object] | None = None,
+    carried: Tensor | float = 0.0,
 ) -> None:
     """``g0 ← v``: the unit vector of ``d − (⟨d, g₀⟩/‖g₀‖²)·g₀``, the part of ``d`` orthogonal
     to ``g₀`` (LookSAM's reused vector); ``average`` (DDP with local perturbation) averages
     that part over ranks before it is normalised. Zero when its norm is below
-    ``REUSE_NOISE``·ε·‖d‖ (ε of the widest-rounding dtype of ``g0``): rounding noise."""
+    ``REUSE_NOISE``·ε·(‖d‖ + ``carried``) (ε of the widest-rounding dtype of ``g0``):
+    rounding noise. ``carried``: a bound on the rounding ``d`` brings from how it was formed,
+    in units of ε (XSAM: that of the displacement θ_k − θ₀), beyond its own ε·‖d‖."""
     sums, d_sq = global_sq_sums([g0, d], dtype, reduce)
     dot = global_dots(d, g0, dtype, reduce)
     coef = torch.where(sums > 0, dot / sums.clamp_min(torch.finfo(dtype).tiny), 0.0)
@@ -83,7 +86,7 @@ def orthogonal_unit_(
     if average is not None:
         average(g0)
     norm = global_norm(g0, dtype, reduce)
-    noise = REUSE_NOISE * max(torch.finfo(t.dtype).eps for t in g0) * d_sq.sqrt()
+    noise = REUSE_NOISE * max(torch.finfo(t.dtype).eps for t in g0) * (d_sq.sqrt() + carried)
     torch._foreach_mul_(g0, torch.where(norm > noise, (norm + EPS).reciprocal(), 0.0))
 
 

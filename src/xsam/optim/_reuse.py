@@ -13,7 +13,7 @@ from torch import Tensor
 from ..distributed import local_tensor
 from ._kernels import add_reuse_, orthogonal_unit_
 from ._update import _Update, param_buffers
-from ._vec import global_sq_sums
+from ._vec import global_norm, global_sq_sums
 
 REUSE_KEY = "sam_reuse"
 
@@ -48,8 +48,9 @@ class LookSAMReuse:
         average, g₀ is the rank's own), so every replica keeps the same vector.
 
         No vector when that part is rounding noise: when d is g₀'s direction in exact
-        arithmetic (``u.parallel``), and when its norm is below ``REUSE_NOISE``·ε·‖d‖ (ε of
-        the parameters' widest-rounding dtype), where the buffers are set to zero."""
+        arithmetic (``u.parallel``), and when its norm is below ``REUSE_NOISE``·ε·(‖d‖ + the
+        displacement's rounding in d, :meth:`_displacement_rounding`) (ε of the parameters'
+        widest-rounding dtype), where the buffers are set to zero."""
         if u.parallel:
             return self._drop_reuse()
         g0, d = u.g0, [local_tensor(p.grad) for p in u.owners]
@@ -57,12 +58,30 @@ class LookSAMReuse:
         average = None
         if self._dist.averages_direction:
             average = lambda t: self._dist.average_(t, u.ever)  # noqa: E731
-        orthogonal_unit_(g0, d, u.dtype, self._reduce, average)
+        carried = self._displacement_rounding(u)
+        orthogonal_unit_(g0, d, u.dtype, self._reduce, average, carried)
         owned = {id(o) for o in u.owners}
         for p in self._group_params():
             if id(p) not in owned and p in self.state:
                 self.state[p].pop(REUSE_KEY, None)  # not part of the last full update
         return True
+
+    def _displacement_rounding(self, u: _Update) -> Tensor | float:
+        """The rounding (in units of ε) that d carries from the displacement δ = θ_k − θ₀
+        when d is formed from it (XSAM): k steps round θ by up to ε·|θ₀| each, so
+        ``k·|c|·‖θ₀‖`` (``‖θ₀/T²‖`` under ASAM), c = ``u.displacement_coef``, over the
+        parameters that moved (ρ > 0). Zero when d does not use δ (SAM: d = g_k)."""
+        if u.displacement_coef == 0.0:
+            return 0.0
+        rhos = u.rho if isinstance(u.rho, list) else [u.rho] * len(u.theta0)
+        moved = [i for i, r in enumerate(rhos) if r != 0.0]
+        if not moved:
+            return 0.0
+        theta0 = [u.theta0[i] for i in moved]
+        if u.scale is not None:
+            scale = [u.scale[i] for i in moved]
+            theta0 = torch._foreach_div(torch._foreach_div(theta0, scale), scale)
+        return global_norm(theta0, u.dtype, self._reduce) * (u.ascents * u.displacement_coef)
 
     def _apply_reuse(self, owners: list[Tensor], grads: list[Tensor], sq: Tensor) -> Tensor:
         """A cheap step's gradient: g + λ·‖g‖·v (v = 0 for parameters outside it), rounded

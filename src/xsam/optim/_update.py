@@ -43,6 +43,10 @@ class _Update:
     # set when d is g₀'s direction in exact arithmetic (ρ = 0; XSAM with α* = 0 and one
     # ascent step): its part orthogonal to g₀ is rounding noise, so no reuse vector is kept
     parallel: bool = False
+    # set by XSAM's _descent: the coefficient of the displacement δ = θ_k − θ₀ in d (ASAM:
+    # of T⁻¹δ in T·d). δ is recovered by a subtraction, so d carries its rounding, up to
+    # |coefficient|·ε·|θ₀| per element (÷T² under ASAM): part of the reuse noise floor
+    displacement_coef: float = 0.0
 
     def read_grads(self) -> list[Tensor]:
         """The local gradients of the owners after a pass (a missing one is set to zeros),

@@ -349,6 +349,7 @@ class XSAM(SAMFamily):
         # d = ‖g_k‖·v₀ (α* = 0, or v₁ ∥ v₀), and v₀ is g₀'s direction after one ascent step
         u.parallel = (b == 0.0 or math.sin(ang.psi) < _PARALLEL) and self._v0_along_g0()
         k0, k1 = ang.direction_coefficients(a, b)
+        u.displacement_coef = ang.n1 * abs(a) / ang.r_delta  # d's coefficient on δ (or T⁻¹δ)
         torch._foreach_mul_(grads, k1)
         add_scaled_(grads, P, k0)  # d̃ = ‖g_k‖·v(α) = k₀·P + k₁·g̃
         if T is not None:
@@ -421,6 +422,7 @@ class _Angle:
 
     def __init__(self, s00: float, s11: float, h_minus: float, h_plus: float, sigma: float):
         self.r0 = math.sqrt(max(s00, 0.0)) + EPS
+        self.r_delta = self.r0  # ‖δ‖+ε (r₀ becomes 1 when P is turned into v₀ − σ·v₁)
         self.r1 = math.sqrt(max(s11, 0.0)) + EPS
         self.n0 = torch.tensor(math.sqrt(max(s00, 0.0)), dtype=torch.float64)
         self.n1 = math.sqrt(max(s11, 0.0))
