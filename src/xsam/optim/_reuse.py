@@ -45,7 +45,8 @@ class LookSAMReuse:
     def _store_reuse(self, u: _Update) -> bool:
         """LookSAM's reused vector: the unit part of d orthogonal to g₀, in g₀'s buffers.
         Under DDP with local perturbation each rank's part is averaged (d is already the
-        average, g₀ is the rank's own), so every replica keeps the same vector.
+        average, g₀ is the rank's own), and so is the displacement's rounding (in the same
+        all-reduce), so every replica keeps the same vector.
 
         No vector when that part is rounding noise: when d is g₀'s direction in exact
         arithmetic (``u.parallel``), and when its norm is below ``REUSE_NOISE``·ε·(‖d‖ + the
@@ -55,10 +56,10 @@ class LookSAMReuse:
             return self._drop_reuse()
         g0, d = u.g0, [local_tensor(p.grad) for p in u.owners]
         assert g0 is not None
-        average = None
-        if self._dist.averages_direction:
-            average = lambda t: self._dist.average_(t, u.ever)  # noqa: E731
-        carried = self._displacement_rounding(u)
+        average, carried = None, self._displacement_rounding(u)
+        if self._dist.averages_direction:  # each rank's d carried its own displacement's
+            carried = torch.as_tensor(carried, dtype=u.dtype, device=g0[0].device).clone()
+            average = lambda t: self._dist.average_([*t, carried], [*u.ever, True])  # noqa: E731
         orthogonal_unit_(g0, d, u.dtype, self._reduce, average, carried)
         owned = {id(o) for o in u.owners}
         for p in self._group_params():
