@@ -4,8 +4,13 @@
     python benchmarks/consolidate_results.py --prune benchmarks/results/noise/fmnist_mlp_n40/grid
     python benchmarks/consolidate_results.py --check benchmarks/results
 
+    python benchmarks/consolidate_results.py --expand benchmarks/results/vit/fmnist_vit_n40 \
+        --into runs/vit/fmnist_vit_n40      # continue a committed study on another machine
+
 (``--prune`` on the committed copy of a folder: a rerun of the comparison resumes from the run
-folders it deletes.)
+folders it deletes. ``--expand`` is the way back: each comparison folder under the given path
+is copied under ``--into`` with its run folders written again from ``runs.jsonl``, so that a
+rerun of the study skips the finished runs; run folders already there are left as they are.)
 
 A comparison folder (``xsam compare`` / ``xsam tune``) holds a folder per run with its
 ``config.json``, ``run.json`` and ``metrics.jsonl``. This writes them into one file per
@@ -34,12 +39,14 @@ from typing import Any
 from xsam.train.checkpoint import CONFIG, METRICS_JSONL, RUN_INFO
 from xsam.train.compare_plan import MANIFEST, RESULTS_JSON, RESULTS_MD
 from xsam.train.compare_report import (
+    RUNS_FILE,
     aggregate,
     compare_pairs,
     consolidate_runs,
     format_pairs,
     format_table,
     load_runs,
+    read_runs_file,
     run_threads,
 )
 
@@ -100,6 +107,36 @@ def consolidate(folder: Path, *, prune: bool) -> list[str]:
     return problems
 
 
+def expand(folder: Path, dest: Path) -> list[str]:
+    """Copy the comparison folder ``folder`` to ``dest`` (files already there are kept) and
+    write each run of its ``runs.jsonl`` that started back into a run folder (``config.json``,
+    ``run.json``, ``metrics.jsonl``) where ``dest`` has none. Returns the problems found."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in folder.iterdir():
+        if item.is_file() and not (dest / item.name).exists():
+            shutil.copy2(item, dest / item.name)
+    runs_file = folder / RUNS_FILE
+    if not runs_file.is_file():
+        return []
+    written = []
+    for name, saved in read_runs_file(runs_file).items():
+        run_dir = dest / name
+        if run_dir.exists() or saved["config"] is None:  # there already, or it never started
+            continue
+        run_dir.mkdir()
+        (run_dir / CONFIG).write_text(json.dumps(saved["config"], indent=2) + "\n")
+        if saved["run"] is not None:
+            (run_dir / RUN_INFO).write_text(json.dumps(saved["run"], indent=2) + "\n")
+        rows = "".join(json.dumps(row) + "\n" for row in saved["metrics"])
+        (run_dir / METRICS_JSONL).write_text(rows)
+        written.append(name)
+    mine = [r for r in load_runs(dest) if Path(r["dir"]).name in written]
+    saved_runs = [r for r in load_runs(runs_file) if Path(r["dir"]).name in written]
+    if _comparable(mine) != _comparable(saved_runs):
+        return [f"{dest}: the runs written back differ from {runs_file}"]
+    return []
+
+
 def check(folder: Path) -> list[str]:
     """The differences between what ``folder``'s runs give now and its committed reports."""
     runs = load_runs(folder)
@@ -141,14 +178,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", type=Path, help="comparison folders, or folders above")
     p.add_argument("--prune", action="store_true", help="delete the consolidated run folders")
     p.add_argument("--check", action="store_true", help="compare the reports with the runs")
+    p.add_argument("--expand", action="store_true", help="write the run folders back (--into)")
+    p.add_argument("--into", type=Path, help="with --expand: where the folders are written")
     ns = p.parse_args(argv)
+    if ns.expand != (ns.into is not None):
+        p.error("--expand and --into go together")
+    if ns.expand and len(ns.paths) != 1:
+        p.error("--expand takes one folder (the study, or one comparison folder)")
     folders = comparison_folders(ns.paths)
     if not folders:
         print(f"no comparison folder ({MANIFEST}) under {', '.join(map(str, ns.paths))}")
         return 1
     problems = []
     for folder in folders:
-        found = check(folder) if ns.check else _consolidate_leaf(folder, ns.prune)
+        if ns.expand:
+            found = expand(folder, ns.into / folder.relative_to(ns.paths[0]))
+        elif ns.check:
+            found = check(folder)
+        else:
+            found = _consolidate_leaf(folder, ns.prune)
         problems += found
         print(f"{folder}: {'; '.join(found) if found else 'ok'}")
     return 1 if problems else 0

@@ -117,6 +117,33 @@ def test_the_script_check_finds_a_changed_report(grid, capsys):
     assert "the table differs" in capsys.readouterr().out
 
 
+def test_the_script_expands_a_pruned_study_into_resumable_run_folders(grid, tmp_path):
+    from xsam.train.checkpoint import run_status
+
+    before = {p.name: run_status(p)[::2] for p in grid.iterdir() if p.is_dir()}
+    assert script.consolidate(grid, prune=True) == []
+    again = tmp_path / "again"
+    argv = ["--expand", str(grid), "--into", str(again)]
+    assert script.main(argv) == 0
+    # every run the file holds is a run folder again, in the state it had (xsam seed 1
+    # stopped after epoch 1 of 2: partial, a rerun resumes it; sam never ran: no folder)
+    after = {p.name: run_status(p)[::2] for p in again.iterdir() if p.is_dir()}
+    assert after == before == {"sgd-seed0": ("complete", 2), "sgd-seed1": ("complete", 2),
+                               "xsam-seed0": ("complete", 2), "xsam-seed1": ("partial", 1)}  # fmt: skip
+    assert cmp.load_runs(again) == [
+        {**r, "dir": str(again / Path(r["dir"]).name)} for r in cmp.load_runs(grid)
+    ]
+    (again / "sgd-seed0" / "metrics.jsonl").write_text("")  # a folder already there is kept
+    assert script.main(argv) == 0
+    assert run_status(again / "sgd-seed0")[0] == "started"
+
+
+def test_the_script_refuses_expand_without_into(grid, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--expand", str(grid)])
+    assert "--expand and --into go together" in capsys.readouterr().err
+
+
 COMMITTED = script.comparison_folders([RESULTS])
 
 
