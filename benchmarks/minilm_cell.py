@@ -208,14 +208,14 @@ def get(runner: Runner, out: Path, regime: str, method: str, rho: float | None, 
 
 def choose(runner: Runner, out: Path, regime: str, method: str, rhos: list[float]) -> float:
     """ρ with the best seed-0 validation accuracy (ties: the smaller), the list doubled past an
-    end that wins (twice at most)."""
+    end that wins (four times at most)."""
     rhos = sorted(rhos)
-    for _ in range(3):
+    for _ in range(5):
         vals = {r: get(runner, out, regime, method, r, 0)["val_acc"] for r in rhos}
         best = max(rhos, key=lambda r: (vals[r], -r))
-        if best == rhos[-1] and len(rhos) < 6:
+        if best == rhos[-1] and len(rhos) < 8:
             rhos.append(2 * rhos[-1])
-        elif best == rhos[0] and len(rhos) < 6:
+        elif best == rhos[0] and len(rhos) < 8:
             rhos.insert(0, rhos[0] / 2)
         else:
             break
