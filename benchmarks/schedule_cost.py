@@ -17,6 +17,10 @@ ratios so that ``schedule_tradeoff.py`` prices each run's own mix the same way. 
     python benchmarks/schedule_cost.py                    # the label-noise MLP, 1 thread
     python benchmarks/schedule_cost.py --model mlp --rounds 200 --threads 1 --json out.json
     python benchmarks/schedule_cost.py --pool a.json b.json c.json --json pooled.json
+    python benchmarks/schedule_cost.py --model vit --width 96 --depth 4 --base adamw  # ViT cell
+
+``--base adamw`` (lr 1e-3, weight decay 0.05) makes every variant's base optimizer AdamW;
+the row and key ``sgd`` are then the plain AdamW update, the ratios are to it.
 """
 
 from __future__ import annotations
@@ -40,9 +44,15 @@ from xsam.models import build_model
 VARIANTS = ("sgd", "sam", "full", "cheap", "cheap_reuse", "search")
 
 
-def _model(name: str, seed: int) -> torch.nn.Module:
+BASES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, float]]] = {
+    "sgd": (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9}),
+    "adamw": (torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 0.05}),
+}
+
+
+def _model(name: str, seed: int, **kwargs: Any) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(name, num_classes=10, in_channels=1, image_size=28)
+    return build_model(name, num_classes=10, in_channels=1, image_size=28, **kwargs)
 
 
 def _closure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
@@ -55,15 +65,18 @@ def _closure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callab
     return closure
 
 
-def build_steps(name: str, batch: int, seed: int) -> dict[str, Callable[[], Any]]:
-    """One update per variant, each on its own model and optimizer, on one fixed batch."""
+def build_steps(
+    name: str, batch: int, seed: int, base: str = "sgd", **model_kw: Any
+) -> dict[str, Callable[[], Any]]:
+    """One update per variant, each on its own model and optimizer, on one fixed batch; the
+    base optimizer is :data:`BASES` [``base``], ``model_kw`` goes to the model's builder."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
-    kw = dict(lr=0.01, momentum=0.9)
+    cls, kw = BASES[base]
     steps: dict[str, Callable[[], Any]] = {}
-    m = _model(name, seed)
-    sgd = torch.optim.SGD(m.parameters(), **kw)
+    m = _model(name, seed, **model_kw)
+    sgd = cls(m.parameters(), **kw)
 
     def sgd_step(m: torch.nn.Module = m) -> None:
         sgd.zero_grad()
@@ -71,8 +84,8 @@ def build_steps(name: str, batch: int, seed: int) -> dict[str, Callable[[], Any]
         sgd.step()
 
     steps["sgd"] = sgd_step
-    m = _model(name, seed)
-    sam = xsam.SAM(m.parameters(), torch.optim.SGD, rho=0.2, model=m, **kw)
+    m = _model(name, seed, **model_kw)
+    sam = xsam.SAM(m.parameters(), cls, rho=0.2, model=m, **kw)
     steps["sam"] = lambda m=m, opt=sam: opt.step(_closure(m, x, y))
     for label, schedule, alpha in (
         ("full", None, 0.5),
@@ -80,9 +93,9 @@ def build_steps(name: str, batch: int, seed: int) -> dict[str, Callable[[], Any]
         ("cheap_reuse", xsam.PerturbationSchedule(every=10**9, reuse=0.7), 0.5),
         ("search", None, "auto"),
     ):
-        m = _model(name, seed)
+        m = _model(name, seed, **model_kw)
         opt = xsam.XSAM(
-            m.parameters(), torch.optim.SGD, rho=0.1, alpha=alpha, alpha_every=1,
+            m.parameters(), cls, rho=0.1, alpha=alpha, alpha_every=1,
             schedule=schedule, model=m, **kw,
         )  # fmt: skip
         if label == "cheap_reuse":
@@ -215,6 +228,9 @@ def report(summary: dict[str, Any], per_epoch: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="mlp")
+    p.add_argument("--width", type=int, default=None, help="the model's width (its default)")
+    p.add_argument("--depth", type=int, default=None, help="the model's depth (its default)")
+    p.add_argument("--base", choices=sorted(BASES), default="sgd", help="the base optimizer")
     p.add_argument("--batch", type=int, default=125)
     p.add_argument("--rounds", type=int, default=150)
     p.add_argument("--warmup", type=int, default=10)
@@ -232,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(ns.pool)} measurements pooled: {', '.join(ns.pool)}")
     else:
         torch.set_num_threads(ns.threads)
-        steps = build_steps(ns.model, ns.batch, ns.seed)
+        model_kw = {k: v for k, v in (("width", ns.width), ("depth", ns.depth)) if v is not None}
+        steps = build_steps(ns.model, ns.batch, ns.seed, ns.base, **model_kw)
         summary = summarise(measure(steps, ns.rounds, ns.warmup, ns.seed))
-        print(f"{ns.model}, batch {ns.batch}, {ns.threads} thread(s), {ns.rounds} rounds")
+        print(f"{ns.model} {model_kw or ''}, {ns.base}, batch {ns.batch}, {ns.threads} "
+              f"thread(s), {ns.rounds} rounds")  # fmt: skip
     expected = report(summary, 1.0 / ns.updates_per_epoch)
     if ns.json:
         with open(ns.json, "w") as fh:

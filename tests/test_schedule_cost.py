@@ -70,6 +70,27 @@ def test_one_measured_round_prices_every_variant_against_sgd():
         assert summary[name]["median_ms"] > 0 and summary[name]["ratio_to_sgd"] > 0
 
 
+def test_an_adamw_base_steps_every_variant_with_adamw():
+    import torch
+    import torch.nn.functional as F
+
+    steps = cost.build_steps("vit", batch=4, seed=0, base="adamw", width=16, depth=1)
+    model = steps["sgd"].__defaults__[0]
+    twin = cost._model("vit", 0, width=16, depth=1)  # the same initialisation
+    base = torch.optim.AdamW(twin.parameters(), lr=1e-3, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)  # the batch build_steps draws
+    x, y = torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g)
+    steps["sgd"]()
+    F.cross_entropy(twin(x), y).backward()
+    base.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for name in ("sam", "full", "cheap", "cheap_reuse", "search"):
+        opt = steps[name].__defaults__[1]
+        assert type(opt.base_optimizer) is torch.optim.AdamW
+        assert opt.base_optimizer.defaults["weight_decay"] == 0.05
+
+
 def test_the_median_interval_takes_the_order_statistics_of_the_sign_test():
     values = list(range(150, 0, -1))  # 1..150 in any order
     # n = 150: ranks floor(75 - 1.96*sqrt(150)/2) = 62 and ceil(1 + 75 + 12.002) = 89
