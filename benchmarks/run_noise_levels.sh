@@ -18,37 +18,13 @@ PRESET=${PRESET:-fmnist-noise-mlp}
 PREFIX=${PRESET/-noise-/_}                      # fmnist-noise-mlp -> fmnist_mlp
 DATA_ARGS=()
 if [[ -n "${DATA:-}" ]]; then DATA_ARGS=(--data-dir "$DATA"); fi
-chosen() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["chosen"]["rho"])' "$1/tune.json"; }
-widen() {  # $1 tune folder, $2 the radii tried: the list grown past the end that won, or nothing
-  $PY - "$1/tune.json" "$2" <<'PYEOF'
-import json, sys
-chosen = json.load(open(sys.argv[1]))["chosen"]["rho"]
-rhos = sorted(float(r) for r in sys.argv[2].split(","))
-if chosen == rhos[-1]:
-    rhos.append(2 * rhos[-1])
-elif chosen == rhos[0]:
-    rhos.insert(0, rhos[0] / 2)
-else:
-    sys.exit(0)
-print(",".join(f"{r:g}" for r in rhos))
-PYEOF
-}
-tune() {  # $1 optimizer, $2 folder: the sweep, widened (twice at most) while one of its ends wins
-  local rhos=${RHOS:-0.05,0.1,0.2,0.4} more attempt
-  for attempt in 1 2 3; do
-    $PY -m xsam tune "${COMMON[@]}" --optimizer "$1" --rhos "$rhos" --seeds 0 --out "$2"
-    [[ $attempt == 3 ]] && return 0
-    more=$(widen "$2" "$rhos")
-    [[ -n "$more" ]] || return 0
-    rhos=$more
-  done
-}
+source benchmarks/_sweep.sh  # chosen, widen, tune: the validation sweep of rho
 for NOISE in ${NOISES:-0.6 0.2 0.0}; do
   TAG=n$($PY -c "print(round($NOISE * 100))")
   DIR="$OUT/${PREFIX}_$TAG"
   COMMON=(--preset "$PRESET" "${DATA_ARGS[@]}" --label-noise "$NOISE" --quiet --jobs "${JOBS:-1}" --threads 1)
-  tune sam "$DIR/tune_sam"
-  tune xsam "$DIR/tune_xsam"
+  tune sam "$DIR/tune_sam" "${RHOS:-0.05,0.1,0.2,0.4}"
+  tune xsam "$DIR/tune_xsam" "${RHOS:-0.05,0.1,0.2,0.4}"
   S=$(chosen "$DIR/tune_sam"); X=$(chosen "$DIR/tune_xsam")
   echo "$TAG: chosen on validation: sam $S, xsam $X"
   $PY -m xsam compare "${COMMON[@]}" --seeds 0-4 --out "$DIR/grid" \

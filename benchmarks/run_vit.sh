@@ -17,6 +17,7 @@
 # 3) the summaries (reports, and every finished run in runs.jsonl: no checkpoints, no
 #    metrics.csv, which repeats metrics.jsonl) copied to
 #    benchmarks/results/vit/.
+# JOBS=2 trains two runs at a time (each on one thread; the default is one at a time).
 # SCHEDULE=1 adds the schedule row (SAM with LookSAM reuse lambda REUSE=0.5 on the cheap steps,
 # a full update every 4th step) to the 40% grid, all seeds.
 # The runs import the code snapshot $OUT/src (copied from src/ at the first start, so that
@@ -38,31 +39,7 @@ if [[ "${SNAPSHOT:-1}" == 1 ]]; then
   export PYTHONPATH="$PWD/$OUT/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export OMP_NUM_THREADS=1
-chosen() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["chosen"]["rho"])' "$1/tune.json"; }
-widen() {  # $1 tune folder, $2 the radii tried: the list grown past the end that won, or nothing
-  $PY - "$1/tune.json" "$2" <<'PYEOF'
-import json, sys
-chosen = json.load(open(sys.argv[1]))["chosen"]["rho"]
-rhos = sorted(float(r) for r in sys.argv[2].split(","))
-if chosen == rhos[-1]:
-    rhos.append(2 * rhos[-1])
-elif chosen == rhos[0]:
-    rhos.insert(0, rhos[0] / 2)
-else:
-    sys.exit(0)
-print(",".join(f"{r:g}" for r in rhos))
-PYEOF
-}
-tune() {  # $1 optimizer, $2 folder: the sweep, widened (twice at most) while one of its ends wins
-  local rhos=${RHOS:-0.025,0.05,0.1,0.2} more attempt
-  for attempt in 1 2 3; do
-    $PY -m xsam tune "${COMMON[@]}" --optimizer "$1" --rhos "$rhos" --seeds 0 --out "$2"
-    [[ $attempt == 3 ]] && return 0
-    more=$(widen "$2" "$rhos")
-    [[ -n "$more" ]] || return 0
-    rhos=$more
-  done
-}
+source benchmarks/_sweep.sh  # chosen, widen, tune: the validation sweep of rho
 collect() {  # $1 a cell folder under $OUT: its finished runs copied to $RESULTS, each
   # comparison's runs in one runs.jsonl (benchmarks/README.md), no checkpoints
   $PY - "$1" "$RESULTS/$(basename "$1")" <<'PYEOF'
@@ -83,10 +60,10 @@ PYEOF
 for NOISE in ${NOISES:-0.4 0.0}; do
   TAG=n$($PY -c "print(round($NOISE * 100))")
   DIR="$OUT/fmnist_vit_$TAG"
-  COMMON=(--preset "$PRESET" --label-noise "$NOISE" --quiet --jobs 1 --threads 1)
-  tune sam "$DIR/tune_sam"
+  COMMON=(--preset "$PRESET" --label-noise "$NOISE" --quiet --jobs "${JOBS:-1}" --threads 1)
+  tune sam "$DIR/tune_sam" "${RHOS:-0.025,0.05,0.1,0.2}"
   collect "$DIR"
-  tune xsam "$DIR/tune_xsam"
+  tune xsam "$DIR/tune_xsam" "${RHOS:-0.025,0.05,0.1,0.2}"
   collect "$DIR"
   S=$(chosen "$DIR/tune_sam"); X=$(chosen "$DIR/tune_xsam")
   echo "$TAG: chosen on validation: sam $S, xsam $X"
