@@ -18,8 +18,9 @@
 #    metrics.csv, which repeats metrics.jsonl) copied to
 #    benchmarks/results/vit/.
 # JOBS=2 trains two runs at a time (each on one thread; the default is one at a time).
-# SCHEDULE=1 adds the schedule row (SAM with LookSAM reuse lambda REUSE=0.5 on the cheap steps,
-# a full update every 4th step) to the 40% grid, all seeds.
+# SCHEDULE=1 adds the schedule rows to the 40% grid, all seeds: SAM with a full update every 4th
+# step and, on the cheap steps between, LookSAM reuse with each lambda of REUSES (default "0.5";
+# 0 is plain AdamW on the cheap steps).
 # The runs import the code snapshot $OUT/src (copied from src/ at the first start, so that
 # edits to the tree during a study of several hours cannot change it midway; SNAPSHOT=0 uses
 # the tree itself; delete $OUT/src to take a newer tree, for a new study).
@@ -75,9 +76,12 @@ for NOISE in ${NOISES:-0.4 0.0}; do
     collect "$DIR"
   done
   if [[ "${SCHEDULE:-0}" == 1 && "$TAG" == n40 ]]; then
-    L="sam:rho=$S,perturb_every=4,perturb_reuse=${REUSE:-0.5}"
+    for R in ${REUSES:-0.5}; do
+      L="sam:rho=$S,perturb_every=4,perturb_reuse=$R"
+      VARIANTS="$VARIANTS,$L" PAIRS="$PAIRS,$L-sgd,$L-sam:rho=$S"
+    done
     $PY -m xsam compare "${COMMON[@]}" --seeds "0-${SEEDS_MAX:-4}" --out "$DIR/grid" \
-      --optimizers "$VARIANTS,$L" --pairs "$PAIRS,$L-sgd,$L-sam:rho=$S"
+      --optimizers "$VARIANTS" --pairs "$PAIRS"
     collect "$DIR"
   fi
 done
