@@ -6,6 +6,7 @@
 # matrices only, 30 epochs, no augmentation). Results and their reading: BENCHMARKS.md.
 #   sudo apt-get install -y dataset-fashion-mnist      # the full data set, offline
 #   nice -n 10 benchmarks/run_vit.sh                   # ~4 h per noise level on one CPU thread
+#   JOBS=2 nice -n 10 benchmarks/run_vit.sh            # two runs at a time (~1.5 h for the clean level)
 # Resumable: rerun the same command and finished runs are skipped, stopped ones resumed.
 #
 # Per noise level (NOISES, default "0.4 0.0"):
@@ -18,9 +19,10 @@
 #    metrics.csv, which repeats metrics.jsonl) copied to
 #    benchmarks/results/vit/.
 # JOBS=2 trains two runs at a time (each on one thread; the default is one at a time).
-# SCHEDULE=1 adds the schedule rows to the 40% grid, all seeds: SAM with a full update every 4th
-# step and, on the cheap steps between, LookSAM reuse with each lambda of REUSES (default "0.5";
-# 0 is plain AdamW on the cheap steps).
+# The 40% grid also has the schedule rows (SCHEDULE=0 leaves them out): SAM with a full update
+# every 4th step and, on the cheap steps between, LookSAM reuse with each lambda of REUSES
+# (default "0.5 0"; 0 is plain AdamW on the cheap steps). Each seed trains every row, so the
+# report written after each seed always holds every row.
 # The runs import the code snapshot $OUT/src (copied from src/ at the first start, so that
 # edits to the tree during a study of several hours cannot change it midway; SNAPSHOT=0 uses
 # the tree itself; delete $OUT/src to take a newer tree, for a new study).
@@ -70,18 +72,15 @@ for NOISE in ${NOISES:-0.4 0.0}; do
   echo "$TAG: chosen on validation: sam $S, xsam $X"
   VARIANTS="sgd,sam:rho=$S,xsam:rho=$X"
   PAIRS="sam:rho=$S-sgd,xsam:rho=$X-sgd,xsam:rho=$X-sam:rho=$S"
+  if [[ "${SCHEDULE:-1}" == 1 && "$TAG" == n40 ]]; then
+    for R in ${REUSES:-0.5 0}; do
+      L="sam:rho=$S,perturb_every=4,perturb_reuse=$R"
+      VARIANTS="$VARIANTS,$L" PAIRS="$PAIRS,$L-sgd,$L-sam:rho=$S"
+    done
+  fi
   for n in $(seq 0 "${SEEDS_MAX:-4}"); do
     $PY -m xsam compare "${COMMON[@]}" --seeds "0-$n" --out "$DIR/grid" \
       --optimizers "$VARIANTS" --pairs "$PAIRS"
     collect "$DIR"
   done
-  if [[ "${SCHEDULE:-0}" == 1 && "$TAG" == n40 ]]; then
-    for R in ${REUSES:-0.5}; do
-      L="sam:rho=$S,perturb_every=4,perturb_reuse=$R"
-      VARIANTS="$VARIANTS,$L" PAIRS="$PAIRS,$L-sgd,$L-sam:rho=$S"
-    done
-    $PY -m xsam compare "${COMMON[@]}" --seeds "0-${SEEDS_MAX:-4}" --out "$DIR/grid" \
-      --optimizers "$VARIANTS" --pairs "$PAIRS"
-    collect "$DIR"
-  fi
 done
