@@ -250,6 +250,21 @@ def _argmax_alpha(grid: list[float], losses: list[float]) -> float:
     return alpha_star
 
 
+def _descent(g_k, gk_tnorm, v_star, alpha_star, psi, displacement, T, eps):
+    """§3 step 6: ``d = ‖g_k‖·v(α*)`` (``T⁻¹(‖T g_k‖·ṽ(α*))`` under ASAM; ``g_k`` itself at
+    α* = 1), and d's coefficient on ``T⁻¹(θ_k − θ₀)``, through which the displacement's
+    rounding enters d (0 at α* = 1 and when sin ψ < 1e-8, where v(α) = v₁)."""
+    if alpha_star == 1.0:
+        return g_k.clone(), 0.0
+    coef = 0.0
+    sin_psi = torch.sin(psi)
+    if float(sin_psi) >= SIN_PSI_MIN:
+        a = torch.sin((1.0 - alpha_star) * psi) / sin_psi
+        coef = float(gk_tnorm * a.abs() / (_norm(_scaled(displacement, T)) + eps))
+    d_t = gk_tnorm * v_star
+    return (d_t / T if T is not None else d_t), coef
+
+
 def reference_update(
     params_groups: list[list[torch.Tensor]],
     loss_fn: Callable[[], torch.Tensor],
@@ -355,15 +370,7 @@ def reference_update(
         alpha_star = float(alpha)
 
     # ---- §3 step 6: d = ‖g_k‖·v(α*) (α* = 1 exactly: d = g_k, k-step SAM) -----------------
-    coef = 0.0  # d's coefficient on T⁻¹(θ_k − θ₀): the displacement's rounding enters d
-    if alpha_star == 1.0:
-        d = g_k.clone()
-    else:
-        if float(sin_psi) >= SIN_PSI_MIN:
-            a = torch.sin((1.0 - alpha_star) * psi) / sin_psi
-            coef = float(gk_tnorm * a.abs() / (_norm(_scaled(theta_k - theta0, T)) + eps))
-        d_t = gk_tnorm * v_of(alpha_star)
-        d = d_t / T if adaptive else d_t  # ASAM: d = T⁻¹(‖T g_k‖·ṽ(α*))
+    d, coef = _descent(g_k, gk_tnorm, v_of(alpha_star), alpha_star, psi, theta_k - theta0, T, eps)
 
     # restore θ₀ exactly, set p.grad = d, let the base optimizer step
     _set_params(params, theta0)
